@@ -1,0 +1,34 @@
+# The two commands a newcomer needs: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= data/parts
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install lint dataset bench clean
+
+install: $(STAMP)
+
+# (Re)install when the dependency declaration changes; pip reuses its cache on later runs.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+dataset: $(STAMP)
+	test -f $(DATA)/images.txt || $(BIN)/proto-lightning make-dataset --out $(DATA) --classes 10 --per-class 60 --size 128 --seed 0
+
+demo: dataset
+	$(BIN)/proto-lightning demo data.root=$(DATA)
+
+# pytest exits 5 when it collects no test; make treats every non-zero exit as a failure.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check proto_lightning tests benchmarks
+	$(BIN)/ruff format --check proto_lightning tests benchmarks
+
+clean:
+	rm -rf runs outputs multirun .pytest_cache

@@ -1,0 +1,182 @@
+"""The one datamodule family every stage shares: train / val / test / push splits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader
+
+from proto_lightning.data.dataset import PartImageDataset
+from proto_lightning.data.images import load_rgb
+from proto_lightning.data.records import ImageRecords, read_cub_layout, read_image_folders
+from proto_lightning.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Augmentation,
+    KeypointImageTransform,
+)
+from proto_lightning.errors import CorruptImageError
+
+log = logging.getLogger(__name__)
+
+ON_CORRUPT = ("error", "skip")
+
+
+def stratified_val_split(
+    rows: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Carve a class-stratified, seeded validation share out of the training rows."""
+    if fraction <= 0:
+        return rows, rows[:0]
+    train, val = train_test_split(rows, test_size=fraction, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(val)
+
+
+class PartDataModule(L.LightningDataModule):
+    """Splits of an `ImageRecords` index: train (augmented), val, test and push (train, no aug).
+
+    Subclasses only say how to read the index (`_read_records`). Val is carved from train by a
+    seeded, class-stratified fraction; push is the remaining train rows without augmentation,
+    as ProtoPNet's push set.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int = 224,
+        crop_to_bbox: bool = False,
+        val_fraction: float = 0.1,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        augment: Mapping | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        seed: int = 0,
+        on_corrupt: str = "error",
+    ) -> None:
+        super().__init__()
+        if on_corrupt not in ON_CORRUPT:
+            raise ValueError(f"data.on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
+        self.root = Path(root)
+        self.image_size = image_size
+        self.crop_to_bbox = crop_to_bbox
+        self.val_fraction = val_fraction
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.augment = Augmentation.from_config(augment)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.seed = seed
+        self.on_corrupt = on_corrupt
+        self.skipped: list[Path] = []
+
+    def _read_records(self) -> ImageRecords:
+        raise NotImplementedError
+
+    @cached_property
+    def records(self) -> ImageRecords:
+        """The dataset index, read once."""
+        return self._read_records()
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (reads the index if needed)."""
+        return self.records.num_classes
+
+    @property
+    def num_parts(self) -> int:
+        """Number of annotated parts (0 without keypoints)."""
+        return len(self.records.part_names)
+
+    def _readable(self, rows: np.ndarray) -> np.ndarray:
+        """With on_corrupt=skip, drop rows whose image cannot be decoded, logging how many."""
+        if self.on_corrupt == "error":
+            return rows
+        keep = []
+        for row in rows:
+            try:
+                load_rgb(self.records.paths[row])
+                keep.append(row)
+            except CorruptImageError as err:
+                self.skipped.append(self.records.paths[row])
+                log.warning("skipping unreadable image: %s", err)
+        if len(keep) < len(rows):
+            log.warning("skipped %d unreadable images of %d", len(rows) - len(keep), len(rows))
+        return np.asarray(keep, dtype=np.int64)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the four splits (idempotent)."""
+        if hasattr(self, "train_set"):
+            return
+        records = self.records
+        all_rows = np.arange(len(records.paths))
+        train_rows = all_rows[records.is_train]
+        test_rows = all_rows[~records.is_train]
+        train_rows, val_rows = stratified_val_split(
+            train_rows, records.labels[train_rows], self.val_fraction, self.seed
+        )
+        self.skipped = []
+        train_rows, val_rows, test_rows = (self._readable(r) for r in (train_rows, val_rows, test_rows))
+        train_tf = KeypointImageTransform(self.image_size, True, self.augment, self.mean, self.std)
+        eval_tf = KeypointImageTransform(self.image_size, False, self.augment, self.mean, self.std)
+        crop = self.crop_to_bbox
+        self.train_set = PartImageDataset(records, train_rows, train_tf, crop)
+        self.val_set = PartImageDataset(records, val_rows, eval_tf, crop)
+        self.test_set = PartImageDataset(records, test_rows, eval_tf, crop)
+        self.push_set = PartImageDataset(records, train_rows, eval_tf, crop)
+        log.info(
+            "%s: %d classes, train %d, val %d, test %d images",
+            self.root, records.num_classes, len(train_rows), len(val_rows), len(test_rows),
+        )
+
+    def _loader(self, dataset: PartImageDataset, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Augmented, shuffled training batches."""
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches (carved from train, no augmentation)."""
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches."""
+        return self._loader(self.test_set, train=False)
+
+    def push_dataloader(self) -> DataLoader:
+        """Training images without augmentation, in a fixed order (for prototype projection)."""
+        return self._loader(self.push_set, train=False)
+
+
+class CUB200DataModule(PartDataModule):
+    """CUB-200-2011 on-disk layout (also the generated part dataset), with part keypoints."""
+
+    def _read_records(self) -> ImageRecords:
+        return read_cub_layout(self.root, need_boxes=self.crop_to_bbox)
+
+
+class ImageFolderDataModule(PartDataModule):
+    """Class-folder datasets (`root/train/<class>/`, `root/test/<class>/`); no keypoints."""
+
+    def __init__(self, root: str | Path, **kwargs) -> None:
+        if kwargs.get("crop_to_bbox"):
+            raise ValueError("ImageFolderDataModule has no bounding boxes: set data.crop_to_bbox=false")
+        super().__init__(root, **kwargs)
+
+    def _read_records(self) -> ImageRecords:
+        return read_image_folders(self.root)

@@ -1,0 +1,57 @@
+"""A map-style dataset over `ImageRecords` rows that returns image, label and keypoints."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
+
+from proto_lightning.data.images import load_rgb
+from proto_lightning.data.records import ImageRecords
+from proto_lightning.data.transforms import KeypointImageTransform
+
+
+class PartImageDataset(Dataset):
+    """Samples of the chosen rows: `image` (3, S, S), `label`, `keypoints` (P, 4), `image_id`, `row`.
+
+    `keypoints` rows are (part id, x, y, visible) in model input pixels, part ids 1-based as in
+    CUB's parts.txt; P = 0 for datasets without part annotations.
+    """
+
+    def __init__(
+        self,
+        records: ImageRecords,
+        rows: Sequence[int],
+        transform: KeypointImageTransform,
+        crop_to_bbox: bool = False,
+    ) -> None:
+        self.records = records
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.transform = transform
+        self.crop_to_bbox = crop_to_bbox
+        self.part_ids = torch.arange(1, len(records.part_names) + 1, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels of this dataset's samples, in order."""
+        return self.records.labels[self.rows]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
+        row = int(self.rows[i])
+        image = TF.pil_to_tensor(load_rgb(self.records.paths[row]))  # (3, H, W) uint8
+        keypoints = torch.from_numpy(self.records.keypoints[row])  # (P, 3)
+        box = self.records.boxes[row] if self.crop_to_bbox else None
+        image, keypoints = self.transform(image, keypoints, box)
+        return {
+            "image": image,
+            "label": int(self.records.labels[row]),
+            "keypoints": torch.cat([self.part_ids[:, None], keypoints], dim=1),
+            "image_id": int(self.records.image_ids[row]),
+            "row": row,
+        }

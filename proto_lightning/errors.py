@@ -1,0 +1,24 @@
+"""Error types that name what was expected, what was found and what to do."""
+
+
+class ProtoLightningError(Exception):
+    """Base class of every error this package raises on bad input."""
+
+
+class DatasetLayoutError(ProtoLightningError, FileNotFoundError):
+    """A dataset folder or one of its index files is missing or malformed."""
+
+
+class CorruptImageError(ProtoLightningError, OSError):
+    """An image file exists in the index but cannot be decoded."""
+
+
+class IncompatibleWeightsError(ProtoLightningError, ValueError):
+    """A weight file or checkpoint does not fit the architecture it is loaded into."""
+
+
+class ConfigKeyError(ProtoLightningError, KeyError):
+    """A command-line override names a configuration key that does not exist."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0])
