@@ -1,0 +1,107 @@
+"""`proto-lightning <stage> [key=value ...]`: one command line for every stage, configured by Hydra."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+import hydra
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+from proto_lightning.config import CONF_DIR, validate_overrides
+from proto_lightning.errors import ProtoLightningError
+
+# stage name -> (module:function, one-line description); each has conf/<stage>.yaml
+STAGES = {
+    "blackbox": ("proto_lightning.stages.blackbox:run_blackbox", "fine-tune or resume the black-box classifier, then test it"),
+    "test": ("proto_lightning.stages.blackbox:run_test", "test accuracy of a black-box checkpoint (ckpt_path=...)"),
+    "demo": ("proto_lightning.stages.demo:run_demo", "quick-start: every stage on the generated part dataset"),
+}
+TOOLS = {"make-dataset": "write the generated part dataset in the CUB-200-2011 layout"}
+
+USAGE = """usage: proto-lightning <stage> [key=value ...] [-m] [--cfg job] [--help]
+
+stages (Hydra-configured from conf/<stage>.yaml; overrides as key=value, groups as group=option):
+{stages}
+
+tools:
+{tools}
+
+examples:
+  proto-lightning make-dataset --out data/parts --classes 10 --per-class 60 --size 128 --seed 0
+  proto-lightning blackbox data=cub data.root=/data/CUB_200_2011 model/backbone=resnet50 trainer.max_epochs=30
+  proto-lightning blackbox ckpt_path=runs/blackbox/<date>/checkpoints/last.ckpt   # resume
+  proto-lightning test ckpt_path=runs/blackbox/<date>/checkpoints/last.ckpt
+  proto-lightning blackbox --cfg job        # print the composed config
+"""
+
+
+def usage() -> str:
+    """The top-level help text listing stages and tools."""
+    stages = "\n".join(f"  {name:<13} {desc}" for name, (_, desc) in STAGES.items())
+    tools = "\n".join(f"  {name:<13} {desc}" for name, desc in TOOLS.items())
+    return USAGE.format(stages=stages, tools=tools)
+
+
+def _make_dataset(argv: Sequence[str]) -> int:
+    from proto_lightning.data.generate import make_dataset
+
+    parser = argparse.ArgumentParser(prog="proto-lightning make-dataset", description=TOOLS["make-dataset"])
+    parser.add_argument("--out", default="data/parts")
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--per-class", type=int, default=60)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    out = make_dataset(args.out, args.classes, args.per_class, args.size, args.seed)
+    print(f"wrote the generated part dataset to {out}")
+    return 0
+
+
+def _run_stage(stage: str, overrides: list[str]) -> int:
+    module, function = STAGES[stage][0].split(":")
+    task = getattr(importlib.import_module(module), function)
+    hydra_flags = {"-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i"}
+    if not hydra_flags & set(overrides):
+        validate_overrides(stage, [o for o in overrides if not o.startswith("-")])
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=stage)
+    def _main(cfg: DictConfig) -> None:
+        result = task(cfg)
+        rank_zero_only(print)(result.summary())
+
+    # Keep the stage in argv as a plain override so that Lightning's DDP launcher, which re-runs
+    # this command line in each child process, re-enters the same stage.
+    sys.argv = [sys.argv[0], f"stage={stage}", *overrides]
+    _main()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(usage())
+        return 0
+    head, rest = argv[0], argv[1:]
+    if head.startswith("stage="):  # a DDP child process re-running our own command line
+        head = head.split("=", 1)[1]
+    if head in TOOLS:
+        return _make_dataset(rest)
+    if head not in STAGES:
+        print(f"unknown stage {head!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    try:
+        return _run_stage(head, rest)
+    except ProtoLightningError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

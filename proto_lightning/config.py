@@ -1,0 +1,82 @@
+"""Hydra configuration: where `conf/` is, composing it, and failing loudly on unknown keys."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, OmegaConf
+
+from proto_lightning.errors import ConfigKeyError
+
+CONF_DIR = Path(os.environ.get("PROTO_LIGHTNING_CONF", Path(__file__).resolve().parents[1] / "conf"))
+
+
+def compose_config(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose `conf/<config_name>.yaml` with overrides, outside a Hydra run (tests, notebooks)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides), return_hydra_config=True)
+
+
+def _leaf_keys(node: object, prefix: str = "") -> Iterator[str]:
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            path = f"{prefix}{key}"
+            yield path
+            yield from _leaf_keys(node._get_node(key), f"{path}.")
+
+
+def validate_overrides(config_name: str, overrides: Sequence[str]) -> None:
+    """Compose once and turn an unknown-key failure into an error listing the closest keys."""
+    try:
+        compose_config(config_name, overrides)
+        return
+    except ConfigCompositionException as err:
+        bad = _unknown_key(err)
+        if bad is None:
+            raise
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        known_good = [o.input_line for o in parsed if o.get_key_element() != bad]
+        try:
+            config = compose_config(config_name, known_good)
+        except ConfigCompositionException:
+            config = compose_config(config_name)
+        keys = [k for k in _leaf_keys(config) if not k.startswith("hydra")]
+        close = difflib.get_close_matches(bad, keys, n=5, cutoff=0.6)
+        last = bad.rsplit(".", 1)[-1]
+        close += [k for k in keys if k.rsplit(".", 1)[-1] == last and k not in close][:3]
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ConfigKeyError(
+            f"unknown config key '{bad}' for stage '{config_name}'.{hint} "
+            f"Add a new key with '+{bad}=...' if you really mean to; "
+            f"`proto-lightning {config_name} --cfg job` prints every key."
+        ) from err
+
+
+def _unknown_key(err: BaseException) -> str | None:
+    """The full key of an override that names no existing key, found along the cause chain."""
+    while err is not None:
+        full_key = getattr(err, "full_key", None)
+        if full_key and "not in struct" in str(err):
+            return str(full_key)
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def resolved_container(config: DictConfig) -> dict:
+    """The resolved config as plain containers, without Hydra's own node."""
+    container = OmegaConf.to_container(config, resolve=True)
+    container.pop("hydra", None)
+    return container
+
+
+def to_yaml(config: DictConfig) -> str:
+    """The resolved config as YAML, without Hydra's own node."""
+    return OmegaConf.to_yaml(resolved_container(config))

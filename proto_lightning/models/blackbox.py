@@ -1,0 +1,149 @@
+"""The black box: backbone -> feature map F (B, D, H, W) -> global average pooling -> linear head (V, b)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from proto_lightning.errors import IncompatibleWeightsError
+from proto_lightning.models.backbones import build_backbone
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+class BlackBoxNet(nn.Module):
+    """logits = V . mean_j f_j(x) + b, with f_j(x) the post-ReLU feature vectors of the backbone."""
+
+    def __init__(self, backbone: str, num_classes: int, weights: str | None = None) -> None:
+        super().__init__()
+        self.backbone = build_backbone(backbone, weights)
+        self.head = nn.Linear(self.backbone.out_channels, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H0, W0) -> feature map (B, D, H, W)."""
+        return self.backbone.features(x)
+
+    def logits_from_features(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """Feature map (B, D, H, W) -> logits (B, C)."""
+        return self.head(feature_map.mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H0, W0) -> logits (B, C)."""
+        return self.logits_from_features(self.features(x))
+
+
+class BlackBoxClassifier(L.LightningModule):
+    """Fine-tunes a `BlackBoxNet` with AdamW or SGD and a (warm-up +) cosine learning-rate schedule."""
+
+    def __init__(
+        self,
+        backbone: Mapping[str, Any],
+        num_classes: int,
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        backbone, optimizer = dict(backbone), dict(optimizer)
+        scheduler = dict(scheduler or {})
+        if optimizer.get("name") not in OPTIMIZERS:
+            raise ValueError(f"model.optimizer.name must be one of {OPTIMIZERS}, got {optimizer.get('name')!r}")
+        self.save_hyperparameters(
+            {"backbone": backbone, "num_classes": num_classes, "optimizer": optimizer,
+             "scheduler": scheduler, "label_smoothing": label_smoothing}
+        )
+        self.net = BlackBoxNet(backbone["name"], num_classes, backbone.get("weights"))
+        self.metrics = nn.ModuleDict(
+            {f"{split}_acc": MulticlassAccuracy(num_classes, average="micro") for split in ("train", "val", "test")}
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H0, W0) -> logits (B, C)."""
+        return self.net(x)
+
+    def _step(self, batch: Mapping[str, torch.Tensor], split: str) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams.label_smoothing)
+        metric = self.metrics[f"{split}_acc"]
+        metric(logits, batch["label"])
+        batch_size = len(batch["label"])
+        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        self.log(f"{split}/acc", metric, on_step=False, on_epoch=True, batch_size=batch_size, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Cross-entropy on one training batch."""
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        """Loss and accuracy on one validation batch."""
+        self._step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        """Loss and accuracy on one test batch."""
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW/SGD with `backbone_lr_scale` on the backbone; linear warm-up then cosine decay per epoch."""
+        opt = self.hparams.optimizer
+        groups = [
+            {"params": self.net.backbone.parameters(), "lr": opt["lr"] * opt.get("backbone_lr_scale", 1.0)},
+            {"params": self.net.head.parameters(), "lr": opt["lr"]},
+        ]
+        if opt["name"] == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=opt["lr"], weight_decay=opt.get("weight_decay", 0.0))
+        else:
+            optimizer = torch.optim.SGD(
+                groups, lr=opt["lr"], momentum=opt.get("momentum", 0.9),
+                weight_decay=opt.get("weight_decay", 0.0), nesterov=opt.get("nesterov", False),
+            )
+        warmup = int(self.hparams.scheduler.get("warmup_epochs", 0))
+        floor = float(self.hparams.scheduler.get("min_lr_ratio", 0.0))
+        total = max(1, int(self.trainer.max_epochs or 1))
+
+        def factor(epoch: int) -> float:
+            if epoch < warmup:
+                return (epoch + 1) / (warmup + 1)
+            progress = (epoch - warmup) / max(1, total - warmup)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, before any tensor is copied, a checkpoint of another architecture or class count."""
+        saved = checkpoint.get("hyper_parameters", {})
+        for key in ("backbone", "num_classes"):
+            mine = self.hparams[key]["name"] if key == "backbone" else self.hparams[key]
+            theirs = saved.get(key, {}).get("name") if key == "backbone" else saved.get(key)
+            if theirs != mine:
+                raise IncompatibleWeightsError(
+                    f"checkpoint has {key}={theirs!r} but this model has {key}={mine!r}; "
+                    "resume with the same model/backbone and dataset, or start a new run"
+                )
+
+    @classmethod
+    def load_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> BlackBoxClassifier:
+        """Load a black-box checkpoint with a clear error for a missing, truncated or foreign file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"black-box checkpoint {path} does not exist; train one with `proto-lightning blackbox`")
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as err:
+            raise IncompatibleWeightsError(f"cannot read checkpoint {path} (truncated or not a torch file): {err}") from err
+        params = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+        if not {"backbone", "num_classes", "optimizer"} <= params.keys():
+            raise IncompatibleWeightsError(f"{path} is not a BlackBoxClassifier checkpoint (hyper-parameters: {sorted(params)})")
+        params = {**params, "backbone": {**params["backbone"], "weights": None}}  # weights come from the file
+        model = cls(**params)
+        model.net.load_state_dict({k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")})
+        return model

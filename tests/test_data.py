@@ -1,0 +1,118 @@
+"""The shared datamodules: splits, keypoints in batches, image folders, and every bad input."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from proto_lightning.data import CUB200DataModule, ImageFolderDataModule
+from proto_lightning.errors import CorruptImageError, DatasetLayoutError
+from tests.conftest import TINY
+
+
+def datamodule(root: Path, **kwargs) -> CUB200DataModule:
+    defaults = {"image_size": 48, "batch_size": 4, "val_fraction": 0.25, "seed": 0}
+    return CUB200DataModule(root, **{**defaults, **kwargs})
+
+
+def test_splits_are_stratified_seeded_and_disjoint(parts_root: Path):
+    dm = datamodule(parts_root)
+    dm.setup()
+    per_class_train = TINY["per_class"] // 2
+    val_labels = dm.val_set.labels
+    # stratified: 25% of the 4 train images of every class = exactly one per class
+    assert np.bincount(val_labels, minlength=TINY["classes"]).tolist() == [1] * TINY["classes"]
+    assert len(dm.train_set) == TINY["classes"] * (per_class_train - 1)
+    assert set(dm.train_set.rows).isdisjoint(dm.val_set.rows)
+    assert set(dm.train_set.rows).isdisjoint(dm.test_set.rows)
+    assert (dm.push_set.rows == dm.train_set.rows).all()  # push = train without augmentation
+    same, other = datamodule(parts_root), datamodule(parts_root, seed=1)
+    same.setup(), other.setup()
+    assert (same.val_set.rows == dm.val_set.rows).all()
+    assert not (other.val_set.rows == dm.val_set.rows).all()
+
+
+def test_batches_carry_keypoints_in_model_coordinates(parts_root: Path):
+    dm = datamodule(parts_root, image_size=96)
+    dm.setup()
+    batch = next(iter(dm.push_dataloader()))
+    assert batch["image"].shape == (4, 3, 96, 96)
+    assert batch["keypoints"].shape == (4, dm.num_parts, 4)
+    assert batch["keypoints"][0, :, 0].tolist() == list(range(1, dm.num_parts + 1))
+    # eval transform = plain resize 48 -> 96: coordinates double (pixel-centre convention)
+    row = int(batch["row"][0])
+    original = torch.from_numpy(dm.records.keypoints[row])
+    assert torch.allclose(batch["keypoints"][0, :, 1:3], original[:, :2] * 2, atol=1e-4)
+
+
+def test_bbox_crop_moves_keypoints(parts_root: Path):
+    dm = datamodule(parts_root, crop_to_bbox=True)
+    dm.setup()
+    sample = dm.test_set[0]
+    row = sample["row"]
+    x, y, w, h = (round(float(v)) for v in dm.records.boxes[row])
+    original = dm.records.keypoints[row]
+    expected_x = (original[:, 0] - x) * 48 / w
+    visible = sample["keypoints"][:, 3] == 1
+    assert np.allclose(sample["keypoints"][visible, 1].numpy(), expected_x[visible.numpy()], atol=1e-3)
+
+
+def test_missing_root_names_the_expected_layout(tmp_path: Path):
+    with pytest.raises(DatasetLayoutError, match="(?s)does not exist.*images.txt"):
+        datamodule(tmp_path / "nowhere").setup()
+
+
+@pytest.mark.parametrize("missing", ["images.txt", "train_test_split.txt", "classes.txt"])
+def test_missing_index_file_is_named(parts_root: Path, tmp_path: Path, missing: str):
+    root = tmp_path / "copy"
+    shutil.copytree(parts_root, root)
+    (root / missing).unlink()
+    with pytest.raises(DatasetLayoutError, match=f"missing .*{missing}"):
+        datamodule(root).setup()
+
+
+def test_missing_boxes_named_only_when_cropping(parts_root: Path, tmp_path: Path):
+    root = tmp_path / "copy"
+    shutil.copytree(parts_root, root)
+    (root / "bounding_boxes.txt").unlink()
+    datamodule(root).setup()  # fine without crop
+    with pytest.raises(DatasetLayoutError, match="bounding_boxes.txt"):
+        datamodule(root, crop_to_bbox=True).setup()
+
+
+def test_corrupt_image_error_names_the_file_or_is_skipped(parts_root: Path, tmp_path: Path):
+    root = tmp_path / "copy"
+    shutil.copytree(parts_root, root)
+    dm = datamodule(root)
+    dm.setup()
+    broken = dm.records.paths[int(dm.test_set.rows[0])]
+    broken.write_bytes(broken.read_bytes()[:200])  # truncated JPEG
+    with pytest.raises(CorruptImageError, match=broken.name):
+        dm.test_set[0]
+    skipping = datamodule(root, on_corrupt="skip")
+    skipping.setup()
+    assert skipping.skipped == [broken]
+    assert len(skipping.test_set) == len(dm.test_set) - 1
+    assert len(list(skipping.test_dataloader())) > 0
+
+
+def test_image_folder_datamodule(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("test", 2)):
+        for name in ("cars", "dogs"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(
+                    tmp_path / split / name / f"{i}.png"
+                )
+    dm = ImageFolderDataModule(tmp_path, image_size=32, batch_size=4, val_fraction=0.25)
+    dm.setup()
+    assert dm.num_classes == 2 and dm.records.class_names == ["cars", "dogs"]
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (12, 4, 4)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["keypoints"].shape == (4, 0, 4)
+    with pytest.raises(DatasetLayoutError, match="test"):
+        ImageFolderDataModule(tmp_path / "train").setup()

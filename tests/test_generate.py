@@ -1,0 +1,71 @@
+"""The part-dataset generator writes a valid CUB layout, deterministically, with meaningful keypoints."""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from proto_lightning.data.generate import HEAD_COLOURS, PART_NAMES, make_dataset
+from tests.conftest import TINY
+
+
+def read_table(path: Path) -> list[list[str]]:
+    """An independent minimal reader: whitespace-separated rows."""
+    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+
+
+def digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def test_layout_is_valid_cub(parts_root: Path):
+    n = TINY["classes"] * TINY["per_class"]
+    images = read_table(parts_root / "images.txt")
+    assert [int(r[0]) for r in images] == list(range(1, n + 1))
+    classes = read_table(parts_root / "classes.txt")
+    assert len(classes) == TINY["classes"]
+    labels = {int(a): int(b) for a, b in read_table(parts_root / "image_class_labels.txt")}
+    split = {int(a): int(b) for a, b in read_table(parts_root / "train_test_split.txt")}
+    assert set(labels.values()) == set(range(1, TINY["classes"] + 1))
+    assert sum(split.values()) == n // 2
+    for image_id, rel in images:
+        folder = rel.split("/")[0]
+        assert folder == classes[labels[int(image_id)] - 1][1]  # image sits in its class folder
+        with Image.open(parts_root / "images" / rel) as im:
+            assert im.size == (TINY["size"], TINY["size"]) and im.mode == "RGB"
+    boxes = np.array([[float(v) for v in r[1:]] for r in read_table(parts_root / "bounding_boxes.txt")])
+    assert boxes.shape == (n, 4) and (boxes[:, 2:] > 0).all()
+    parts = read_table(parts_root / "parts" / "parts.txt")
+    assert [p[1] for p in parts] == list(PART_NAMES) and len(parts) >= 5
+    locs = np.array(read_table(parts_root / "parts" / "part_locs.txt"), dtype=float)
+    assert locs.shape == (n * len(PART_NAMES), 5)
+    assert set(np.unique(locs[:, 4])) <= {0.0, 1.0}
+
+
+def test_deterministic_for_a_seed(tmp_path: Path, parts_root: Path):
+    again = make_dataset(tmp_path / "again", **TINY)
+    other = make_dataset(tmp_path / "other", **{**TINY, "seed": 1})
+    assert digest(again) == digest(parts_root)
+    assert digest(other) != digest(parts_root)
+
+
+def test_head_keypoint_lies_on_the_class_head_colour(tmp_path: Path):
+    """Keypoints mean something: the pixel at the head keypoint has the class's head colour."""
+    root = make_dataset(tmp_path / "big", classes=6, per_class=4, size=128, seed=3)
+    names = [r[1] for r in read_table(root / "classes.txt")]
+    images = dict(read_table(root / "images.txt"))
+    labels = dict(read_table(root / "image_class_labels.txt"))
+    head = PART_NAMES.index("head") + 1
+    hits = total = 0
+    for image_id, part, x, y, visible in read_table(root / "parts" / "part_locs.txt"):
+        if int(part) != head or visible != "1":
+            continue
+        colour_name = names[int(labels[image_id]) - 1].split(".")[1].split("_")[0]
+        pixel = np.array(Image.open(root / "images" / images[image_id]).getpixel((float(x), float(y))))
+        hits += np.abs(pixel - np.array(HEAD_COLOURS[colour_name])).max() < 60
+        total += 1
+    assert total > 10 and hits / total > 0.9
