@@ -29,6 +29,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check proto_lightning tests benchmarks
 	$(BIN)/ruff format --check proto_lightning tests benchmarks
+	$(BIN)/hadolint docker/Dockerfile
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache

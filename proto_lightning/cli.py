@@ -17,9 +17,18 @@ from proto_lightning.errors import ProtoLightningError
 
 # stage name -> (module:function, one-line description); each has conf/<stage>.yaml
 STAGES = {
-    "blackbox": ("proto_lightning.stages.blackbox:run_blackbox", "fine-tune or resume the black-box classifier, then test it"),
-    "test": ("proto_lightning.stages.blackbox:run_test", "test accuracy of a black-box checkpoint (ckpt_path=...)"),
-    "demo": ("proto_lightning.stages.demo:run_demo", "quick-start: every stage on the generated part dataset"),
+    "blackbox": (
+        "proto_lightning.stages.blackbox:run_blackbox",
+        "fine-tune or resume the black-box classifier, then test it",
+    ),
+    "test": (
+        "proto_lightning.stages.blackbox:run_test",
+        "test accuracy of a black-box checkpoint (ckpt_path=...)",
+    ),
+    "demo": (
+        "proto_lightning.stages.demo:run_demo",
+        "quick-start: every stage on the generated part dataset",
+    ),
 }
 TOOLS = {"make-dataset": "write the generated part dataset in the CUB-200-2011 layout"}
 
@@ -50,7 +59,9 @@ def usage() -> str:
 def _make_dataset(argv: Sequence[str]) -> int:
     from proto_lightning.data.generate import make_dataset
 
-    parser = argparse.ArgumentParser(prog="proto-lightning make-dataset", description=TOOLS["make-dataset"])
+    parser = argparse.ArgumentParser(
+        prog="proto-lightning make-dataset", description=TOOLS["make-dataset"]
+    )
     parser.add_argument("--out", default="data/parts")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--per-class", type=int, default=60)
@@ -65,7 +76,17 @@ def _make_dataset(argv: Sequence[str]) -> int:
 def _run_stage(stage: str, overrides: list[str]) -> int:
     module, function = STAGES[stage][0].split(":")
     task = getattr(importlib.import_module(module), function)
-    hydra_flags = {"-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i"}
+    hydra_flags = {
+        "-m",
+        "--multirun",
+        "--cfg",
+        "-c",
+        "--help",
+        "-h",
+        "--hydra-help",
+        "--info",
+        "-i",
+    }
     if not hydra_flags & set(overrides):
         validate_overrides(stage, [o for o in overrides if not o.startswith("-")])
 

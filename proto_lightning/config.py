@@ -15,7 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from proto_lightning.errors import ConfigKeyError
 
-CONF_DIR = Path(os.environ.get("PROTO_LIGHTNING_CONF", Path(__file__).resolve().parents[1] / "conf"))
+CONF_DIR = Path(
+    os.environ.get("PROTO_LIGHTNING_CONF", Path(__file__).resolve().parents[1] / "conf")
+)
 
 
 def compose_config(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:

@@ -20,9 +20,11 @@ def test_logits_are_gap_then_linear_head(name: str):
         logits = net(x)
     assert feature_map.shape[1] == net.backbone.out_channels and (feature_map >= 0).all()
     V, b = net.head.weight, net.head.bias  # (C, D), (C,)
-    by_hand = torch.einsum("bdhw,cd->bc", feature_map.double(), V.double()) / (
-        feature_map.shape[2] * feature_map.shape[3]
-    ) + b.double()
+    by_hand = (
+        torch.einsum("bdhw,cd->bc", feature_map.double(), V.double())
+        / (feature_map.shape[2] * feature_map.shape[3])
+        + b.double()
+    )
     assert torch.allclose(logits.double(), by_hand, atol=1e-5)
 
 
@@ -35,7 +37,10 @@ def test_adapter_matches_torchvision_forward(name: str):
     body = net.backbone.body
     if name.startswith("resnet"):  # our Sequential holds torchvision's children in order
         names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
-        state = {f"{names[int(k.split('.', 1)[0])]}.{k.split('.', 1)[1]}": v for k, v in body.state_dict().items()}
+        state = {
+            f"{names[int(k.split('.', 1)[0])]}.{k.split('.', 1)[1]}": v
+            for k, v in body.state_dict().items()
+        }
         missing, unexpected = reference.load_state_dict(state, strict=False)
         assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
         reference.fc = net.head

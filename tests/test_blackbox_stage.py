@@ -31,8 +31,13 @@ def test_resume_continues_the_epoch_count(stage_config, tmp_path: Path):
     last = first.artifacts["checkpoints"] / "last.ckpt"
     steps_one_epoch = torch.load(last, weights_only=False)["global_step"]
     resumed = run_blackbox(
-        stage_config("blackbox", "trainer.max_epochs=3", f"ckpt_path={last}", "run_test=false",
-                     f"run_dir={tmp_path / 'resumed'}")
+        stage_config(
+            "blackbox",
+            "trainer.max_epochs=3",
+            f"ckpt_path={last}",
+            "run_test=false",
+            f"run_dir={tmp_path / 'resumed'}",
+        )
     )
     state = torch.load(resumed.artifacts["checkpoints"] / "last.ckpt", weights_only=False)
     assert state["epoch"] == 2 and state["global_step"] == 3 * steps_one_epoch
@@ -41,8 +46,11 @@ def test_resume_continues_the_epoch_count(stage_config, tmp_path: Path):
 
 def test_killed_run_resumes_from_its_last_checkpoint(stage_config):
     cfg = stage_config(
-        "blackbox", "trainer.max_epochs=3", "run_test=false",
-        "+callbacks.kill._target_=tests.helpers.RaiseAtEpoch", "+callbacks.kill.epoch=2",
+        "blackbox",
+        "trainer.max_epochs=3",
+        "run_test=false",
+        "+callbacks.kill._target_=tests.helpers.RaiseAtEpoch",
+        "+callbacks.kill.epoch=2",
     )
     with pytest.raises(KilledRun):
         run_blackbox(cfg)
@@ -50,18 +58,28 @@ def test_killed_run_resumes_from_its_last_checkpoint(stage_config):
     state = torch.load(last, weights_only=False)
     assert state["epoch"] == 1  # epochs 0 and 1 done and saved; nothing lost
     optimizer_steps = state["optimizer_states"][0]["state"][0]["step"]
-    resumed = run_blackbox(stage_config("blackbox", "trainer.max_epochs=3", f"ckpt_path={last}", "run_test=false"))
+    resumed = run_blackbox(
+        stage_config("blackbox", "trainer.max_epochs=3", f"ckpt_path={last}", "run_test=false")
+    )
     final = torch.load(resumed.artifacts["checkpoints"] / "last.ckpt", weights_only=False)
     assert final["epoch"] == 2
-    assert final["optimizer_states"][0]["state"][0]["step"] == optimizer_steps * 3 / 2  # AdamW state carried on
+    assert (
+        final["optimizer_states"][0]["state"][0]["step"] == optimizer_steps * 3 / 2
+    )  # AdamW state carried on
 
 
 def test_checkpoint_of_another_architecture_is_refused(stage_config, tmp_path: Path):
     first = run_blackbox(stage_config("blackbox", "run_test=false"))
     last = first.artifacts["checkpoints"] / "last.ckpt"
     with pytest.raises(IncompatibleWeightsError, match="backbone='small_cnn'.*resnet18"):
-        run_blackbox(stage_config("blackbox", "model/backbone=resnet18", f"ckpt_path={last}",
-                                  f"run_dir={tmp_path / 'other'}"))
+        run_blackbox(
+            stage_config(
+                "blackbox",
+                "model/backbone=resnet18",
+                f"ckpt_path={last}",
+                f"run_dir={tmp_path / 'other'}",
+            )
+        )
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_blackbox(stage_config("blackbox", f"ckpt_path={tmp_path / 'nope.ckpt'}"))
 
@@ -96,7 +114,9 @@ def test_test_stage_refuses_bad_checkpoints(stage_config, tmp_path: Path):
 
 
 def test_wandb_logger_runs_offline(stage_config):
-    cfg = stage_config("blackbox", "logger=wandb", "run_test=false", "trainer.limit_train_batches=1")
+    cfg = stage_config(
+        "blackbox", "logger=wandb", "run_test=false", "trainer.limit_train_batches=1"
+    )
     result = run_blackbox(cfg)
     runs = list((result.run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))

@@ -57,7 +57,9 @@ def test_bbox_crop_moves_keypoints(parts_root: Path):
     original = dm.records.keypoints[row]
     expected_x = (original[:, 0] - x) * 48 / w
     visible = sample["keypoints"][:, 3] == 1
-    assert np.allclose(sample["keypoints"][visible, 1].numpy(), expected_x[visible.numpy()], atol=1e-3)
+    assert np.allclose(
+        sample["keypoints"][visible, 1].numpy(), expected_x[visible.numpy()], atol=1e-3
+    )
 
 
 def test_missing_root_names_the_expected_layout(tmp_path: Path):

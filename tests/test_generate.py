@@ -37,7 +37,9 @@ def test_layout_is_valid_cub(parts_root: Path):
         assert folder == classes[labels[int(image_id)] - 1][1]  # image sits in its class folder
         with Image.open(parts_root / "images" / rel) as im:
             assert im.size == (TINY["size"], TINY["size"]) and im.mode == "RGB"
-    boxes = np.array([[float(v) for v in r[1:]] for r in read_table(parts_root / "bounding_boxes.txt")])
+    boxes = np.array(
+        [[float(v) for v in r[1:]] for r in read_table(parts_root / "bounding_boxes.txt")]
+    )
     assert boxes.shape == (n, 4) and (boxes[:, 2:] > 0).all()
     parts = read_table(parts_root / "parts" / "parts.txt")
     assert [p[1] for p in parts] == list(PART_NAMES) and len(parts) >= 5
@@ -65,7 +67,9 @@ def test_head_keypoint_lies_on_the_class_head_colour(tmp_path: Path):
         if int(part) != head or visible != "1":
             continue
         colour_name = names[int(labels[image_id]) - 1].split(".")[1].split("_")[0]
-        pixel = np.array(Image.open(root / "images" / images[image_id]).getpixel((float(x), float(y))))
+        pixel = np.array(
+            Image.open(root / "images" / images[image_id]).getpixel((float(x), float(y)))
+        )
         hits += np.abs(pixel - np.array(HEAD_COLOURS[colour_name])).max() < 60
         total += 1
     assert total > 10 and hits / total > 0.9

@@ -32,7 +32,9 @@ def brightest(image: torch.Tensor) -> np.ndarray:
 )
 def test_dot_is_found_at_the_transformed_keypoint(augment: Augmentation):
     torch.manual_seed(0)
-    transform = KeypointImageTransform(96, train=True, augment=augment, mean=(0, 0, 0), std=(1, 1, 1))
+    transform = KeypointImageTransform(
+        96, train=True, augment=augment, mean=(0, 0, 0), std=(1, 1, 1)
+    )
     checked = 0
     for trial in range(20):
         x, y = 60 + trial * 3, 40 + trial * 2
@@ -50,7 +52,9 @@ def test_dot_is_found_at_the_transformed_keypoint(augment: Augmentation):
 
 
 def test_box_crop_shifts_keypoints_and_marks_outside_invisible():
-    transform = KeypointImageTransform(50, train=False, augment=Augmentation(), mean=(0, 0, 0), std=(1, 1, 1))
+    transform = KeypointImageTransform(
+        50, train=False, augment=Augmentation(), mean=(0, 0, 0), std=(1, 1, 1)
+    )
     image = dot_image(100, 100, 30, 40)
     keypoints = torch.tensor([[30.5, 40.5, 1.0], [90.0, 90.0, 1.0], [25.0, 25.0, 0.0]])
     _, kp = transform(image, keypoints, box=(20, 20, 50, 50))  # crop x, y in [20, 70), no resize

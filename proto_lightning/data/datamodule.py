@@ -123,7 +123,9 @@ class PartDataModule(L.LightningDataModule):
             train_rows, records.labels[train_rows], self.val_fraction, self.seed
         )
         self.skipped = []
-        train_rows, val_rows, test_rows = (self._readable(r) for r in (train_rows, val_rows, test_rows))
+        train_rows, val_rows, test_rows = (
+            self._readable(r) for r in (train_rows, val_rows, test_rows)
+        )
         train_tf = KeypointImageTransform(self.image_size, True, self.augment, self.mean, self.std)
         eval_tf = KeypointImageTransform(self.image_size, False, self.augment, self.mean, self.std)
         crop = self.crop_to_bbox
@@ -133,7 +135,11 @@ class PartDataModule(L.LightningDataModule):
         self.push_set = PartImageDataset(records, train_rows, eval_tf, crop)
         log.info(
             "%s: %d classes, train %d, val %d, test %d images",
-            self.root, records.num_classes, len(train_rows), len(val_rows), len(test_rows),
+            self.root,
+            records.num_classes,
+            len(train_rows),
+            len(val_rows),
+            len(test_rows),
         )
 
     def _loader(self, dataset: PartImageDataset, train: bool) -> DataLoader:
@@ -175,7 +181,9 @@ class ImageFolderDataModule(PartDataModule):
 
     def __init__(self, root: str | Path, **kwargs) -> None:
         if kwargs.get("crop_to_bbox"):
-            raise ValueError("ImageFolderDataModule has no bounding boxes: set data.crop_to_bbox=false")
+            raise ValueError(
+                "ImageFolderDataModule has no bounding boxes: set data.crop_to_bbox=false"
+            )
         super().__init__(root, **kwargs)
 
     def _read_records(self) -> ImageRecords:

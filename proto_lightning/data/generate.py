@@ -131,13 +131,20 @@ def _draw_wing_pattern(draw: ImageDraw.ImageDraw, pose: _Pose, pattern: str, col
     if pattern == "Striped":  # bars across the wing, clipped to the ellipse analytically
         for x in np.linspace(cx - 0.75 * rx, cx + 0.75 * rx, 5):
             half = ry * np.sqrt(max(0.0, 1 - ((x - cx) / rx) ** 2))
-            bar = np.array([[x - 0.012, cy - half], [x + 0.012, cy - half],
-                            [x + 0.012, cy + half], [x - 0.012, cy + half]])
+            bar = np.array(
+                [
+                    [x - 0.012, cy - half],
+                    [x + 0.012, cy - half],
+                    [x + 0.012, cy + half],
+                    [x - 0.012, cy + half],
+                ]
+            )
             draw.polygon(pose.polygon(bar), fill=colour)
     elif pattern == "Spotted":
         for dx, dy in itertools.product((-0.5, 0.0, 0.5), (-0.4, 0.4)):
-            draw.polygon(pose.polygon(_ellipse(cx + dx * rx, cy + dy * ry, 0.028, 0.028, 12)),
-                         fill=colour)
+            draw.polygon(
+                pose.polygon(_ellipse(cx + dx * rx, cy + dy * ry, 0.028, 0.028, 12)), fill=colour
+            )
 
 
 def render_bird(
@@ -150,7 +157,9 @@ def render_bird(
     tail = np.array(TAIL[bird.tail])
     draw.polygon(pose.polygon(tail), fill=_jitter(BODY_COLOUR, rng))
     for leg in LEGS:
-        draw.line(pose.polygon(np.array(leg)), fill=LEG_COLOUR, width=max(1, int(pose.scale * 0.025)))
+        draw.line(
+            pose.polygon(np.array(leg)), fill=LEG_COLOUR, width=max(1, int(pose.scale * 0.025))
+        )
     body = _ellipse(*BODY)
     draw.polygon(pose.polygon(body), fill=_jitter(BODY_COLOUR, rng))
     wing = _ellipse(*WING)
@@ -161,7 +170,9 @@ def render_bird(
     eye = _ellipse(HEAD[0] + 0.04, HEAD[1] - 0.03, 0.02, 0.02, 10)
     draw.polygon(pose.polygon(eye), fill=(10, 10, 10))
     draw.polygon(pose.polygon(np.array(BEAK)), fill=_jitter(BEAK_COLOUR, rng))
-    outline = np.concatenate([tail, body, wing, head, np.array(BEAK), np.array(LEGS).reshape(-1, 2)])
+    outline = np.concatenate(
+        [tail, body, wing, head, np.array(BEAK), np.array(LEGS).reshape(-1, 2)]
+    )
 
     xy = pose(np.array([PART_CENTRES[p] for p in PART_NAMES]))  # (P, 2)
     visible = (xy >= 0).all(axis=1) & (xy < size).all(axis=1)

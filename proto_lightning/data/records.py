@@ -139,16 +139,14 @@ def read_cub_layout(root: str | Path, need_boxes: bool = False) -> ImageRecords:
                 f"(first: {locs[bad][0].tolist()})"
             )
         keypoints[img_rows, part_idx] = locs[:, 2:5]
-    return ImageRecords(
-        paths, ids, labels, is_train, boxes, keypoints, class_names, part_names
-    )
+    return ImageRecords(paths, ids, labels, is_train, boxes, keypoints, class_names, part_names)
 
 
 def read_image_folders(root: str | Path) -> ImageRecords:
     """Read `<root>/train/<class>/*` and `<root>/test/<class>/*` (Stanford Cars/Dogs prepared so)."""
     root = Path(root)
     splits = {name: root / name for name in ("train", "test")}
-    for name, folder in splits.items():
+    for folder in splits.values():
         if not folder.is_dir():
             raise DatasetLayoutError(
                 f"missing {folder}: an image-folder dataset needs {root}/train/<class>/<image> "

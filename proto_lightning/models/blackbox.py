@@ -55,14 +55,24 @@ class BlackBoxClassifier(L.LightningModule):
         backbone, optimizer = dict(backbone), dict(optimizer)
         scheduler = dict(scheduler or {})
         if optimizer.get("name") not in OPTIMIZERS:
-            raise ValueError(f"model.optimizer.name must be one of {OPTIMIZERS}, got {optimizer.get('name')!r}")
+            raise ValueError(
+                f"model.optimizer.name must be one of {OPTIMIZERS}, got {optimizer.get('name')!r}"
+            )
         self.save_hyperparameters(
-            {"backbone": backbone, "num_classes": num_classes, "optimizer": optimizer,
-             "scheduler": scheduler, "label_smoothing": label_smoothing}
+            {
+                "backbone": backbone,
+                "num_classes": num_classes,
+                "optimizer": optimizer,
+                "scheduler": scheduler,
+                "label_smoothing": label_smoothing,
+            }
         )
         self.net = BlackBoxNet(backbone["name"], num_classes, backbone.get("weights"))
         self.metrics = nn.ModuleDict(
-            {f"{split}_acc": MulticlassAccuracy(num_classes, average="micro") for split in ("train", "val", "test")}
+            {
+                f"{split}_acc": MulticlassAccuracy(num_classes, average="micro")
+                for split in ("train", "val", "test")
+            }
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,8 +85,22 @@ class BlackBoxClassifier(L.LightningModule):
         metric = self.metrics[f"{split}_acc"]
         metric(logits, batch["label"])
         batch_size = len(batch["label"])
-        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
-        self.log(f"{split}/acc", metric, on_step=False, on_epoch=True, batch_size=batch_size, prog_bar=True)
+        self.log(
+            f"{split}/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            batch_size=batch_size,
+            sync_dist=True,
+        )
+        self.log(
+            f"{split}/acc",
+            metric,
+            on_step=False,
+            on_epoch=True,
+            batch_size=batch_size,
+            prog_bar=True,
+        )
         return loss
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -95,15 +119,23 @@ class BlackBoxClassifier(L.LightningModule):
         """AdamW/SGD with `backbone_lr_scale` on the backbone; linear warm-up then cosine decay per epoch."""
         opt = self.hparams.optimizer
         groups = [
-            {"params": self.net.backbone.parameters(), "lr": opt["lr"] * opt.get("backbone_lr_scale", 1.0)},
+            {
+                "params": self.net.backbone.parameters(),
+                "lr": opt["lr"] * opt.get("backbone_lr_scale", 1.0),
+            },
             {"params": self.net.head.parameters(), "lr": opt["lr"]},
         ]
         if opt["name"] == "adamw":
-            optimizer = torch.optim.AdamW(groups, lr=opt["lr"], weight_decay=opt.get("weight_decay", 0.0))
+            optimizer = torch.optim.AdamW(
+                groups, lr=opt["lr"], weight_decay=opt.get("weight_decay", 0.0)
+            )
         else:
             optimizer = torch.optim.SGD(
-                groups, lr=opt["lr"], momentum=opt.get("momentum", 0.9),
-                weight_decay=opt.get("weight_decay", 0.0), nesterov=opt.get("nesterov", False),
+                groups,
+                lr=opt["lr"],
+                momentum=opt.get("momentum", 0.9),
+                weight_decay=opt.get("weight_decay", 0.0),
+                nesterov=opt.get("nesterov", False),
             )
         warmup = int(self.hparams.scheduler.get("warmup_epochs", 0))
         floor = float(self.hparams.scheduler.get("min_lr_ratio", 0.0))
@@ -116,7 +148,10 @@ class BlackBoxClassifier(L.LightningModule):
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": schedule, "interval": "epoch"},
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse, before any tensor is copied, a checkpoint of another architecture or class count."""
@@ -135,15 +170,30 @@ class BlackBoxClassifier(L.LightningModule):
         """Load a black-box checkpoint with a clear error for a missing, truncated or foreign file."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"black-box checkpoint {path} does not exist; train one with `proto-lightning blackbox`")
+            raise FileNotFoundError(
+                f"black-box checkpoint {path} does not exist; train one with `proto-lightning blackbox`"
+            )
         try:
             checkpoint = torch.load(path, map_location=map_location, weights_only=False)
         except Exception as err:
-            raise IncompatibleWeightsError(f"cannot read checkpoint {path} (truncated or not a torch file): {err}") from err
+            raise IncompatibleWeightsError(
+                f"cannot read checkpoint {path} (truncated or not a torch file): {err}"
+            ) from err
         params = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
         if not {"backbone", "num_classes", "optimizer"} <= params.keys():
-            raise IncompatibleWeightsError(f"{path} is not a BlackBoxClassifier checkpoint (hyper-parameters: {sorted(params)})")
-        params = {**params, "backbone": {**params["backbone"], "weights": None}}  # weights come from the file
+            raise IncompatibleWeightsError(
+                f"{path} is not a BlackBoxClassifier checkpoint (hyper-parameters: {sorted(params)})"
+            )
+        params = {
+            **params,
+            "backbone": {**params["backbone"], "weights": None},
+        }  # weights come from the file
         model = cls(**params)
-        model.net.load_state_dict({k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")})
+        model.net.load_state_dict(
+            {
+                k.removeprefix("net."): v
+                for k, v in checkpoint["state_dict"].items()
+                if k.startswith("net.")
+            }
+        )
         return model

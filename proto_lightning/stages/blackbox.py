@@ -10,7 +10,13 @@ from omegaconf import DictConfig
 
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models import BlackBoxClassifier
-from proto_lightning.stages.common import StageResult, build_trainer, checkpoint_dir, logs_location, start_run
+from proto_lightning.stages.common import (
+    StageResult,
+    build_trainer,
+    checkpoint_dir,
+    logs_location,
+    start_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +25,9 @@ def run_blackbox(cfg: DictConfig) -> StageResult:
     """Train the configured black box on the configured data; resume from `ckpt_path` if given."""
     run_dir, datamodule = start_run(cfg)
     if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist; pass a .ckpt file of an earlier run")
+        raise FileNotFoundError(
+            f"ckpt_path={cfg.ckpt_path} does not exist; pass a .ckpt file of an earlier run"
+        )
     model: BlackBoxClassifier = instantiate(cfg.model, _convert_="all")
     trainer = build_trainer(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
@@ -31,7 +39,9 @@ def run_blackbox(cfg: DictConfig) -> StageResult:
         if best:
             result.artifacts["best checkpoint"] = Path(best)
     if cfg.run_test:
-        metrics = trainer.test(model, datamodule=datamodule, ckpt_path="best" if ckpt_dir else None, verbose=False)
+        metrics = trainer.test(
+            model, datamodule=datamodule, ckpt_path="best" if ckpt_dir else None, verbose=False
+        )
         result.metrics["test/acc"] = float(metrics[0]["test/acc"])
     result.artifacts["logs"] = logs_location(trainer)
     return result
@@ -48,4 +58,9 @@ def run_test(cfg: DictConfig) -> StageResult:
         )
     trainer = build_trainer(cfg)
     metrics = trainer.test(model, datamodule=datamodule, verbose=False)
-    return StageResult("test", run_dir, {"checkpoint": Path(cfg.ckpt_path)}, {"test/acc": float(metrics[0]["test/acc"])})
+    return StageResult(
+        "test",
+        run_dir,
+        {"checkpoint": Path(cfg.ckpt_path)},
+        {"test/acc": float(metrics[0]["test/acc"])},
+    )

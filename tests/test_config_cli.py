@@ -1,0 +1,96 @@
+"""Configuration and command line: stages listed, overrides composed, unknown keys refused with close matches."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from proto_lightning.cli import STAGES, main
+from proto_lightning.config import compose_config, validate_overrides
+from proto_lightning.errors import ConfigKeyError
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def test_console_script_and_module_list_the_stages():
+    for command in (
+        [str(VENV_BIN / "proto-lightning"), "--help"],
+        [sys.executable, "-m", "proto_lightning"],
+    ):
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        for stage in [*STAGES, "make-dataset"]:
+            assert stage in out
+
+
+def test_issue_example_composes():
+    cfg = compose_config(
+        "blackbox",
+        [
+            "data=cub",
+            "data.root=/data/CUB_200_2011",
+            "model/backbone=resnet50",
+            "trainer.max_epochs=30",
+        ],
+    )
+    assert cfg.data.root == "/data/CUB_200_2011" and cfg.data.crop_to_bbox is True
+    assert cfg.model.backbone.name == "resnet50" and cfg.trainer.max_epochs == 30
+    assert cfg.data._target_.endswith("CUB200DataModule")
+
+
+def test_unknown_key_lists_close_matches():
+    with pytest.raises(
+        ConfigKeyError, match=r"unknown config key 'trainer.max_epoch'.*trainer.max_epochs"
+    ):
+        validate_overrides("blackbox", ["trainer.max_epoch=3"])
+    with pytest.raises(ConfigKeyError, match=r"data.image_size"):
+        validate_overrides("blackbox", ["data=cub", "data.img_size=3"])
+    validate_overrides("blackbox", ["+trainer.fast_dev_run=true"])  # '+' adds a key on purpose
+
+
+def test_unknown_group_option_fails_listing_options():
+    with pytest.raises(ConfigCompositionException, match="resnet50"):
+        validate_overrides("blackbox", ["model/backbone=resnet5"])
+
+
+def test_cli_exits_nonzero_on_a_wrong_key(capsys):
+    assert main(["blackbox", "trainer.max_epoch=3"]) == 1
+    assert "trainer.max_epochs" in capsys.readouterr().err
+    assert main(["nonsense"]) == 2
+
+
+def test_cli_runs_a_stage_and_prints_where_things_are(parts_root: Path, tmp_path: Path):
+    from tests.conftest import fast_overrides
+
+    command = [
+        str(VENV_BIN / "proto-lightning"),
+        "blackbox",
+        *fast_overrides(parts_root, tmp_path / "run"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"run folder: {tmp_path / 'run'}" in done.stdout
+    assert "best checkpoint:" in done.stdout and "test/acc" in done.stdout
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert (tmp_path / "run" / ".hydra" / "overrides.yaml").is_file()
+
+
+def test_make_dataset_tool(tmp_path: Path):
+    assert (
+        main(
+            [
+                "make-dataset",
+                "--out",
+                str(tmp_path / "d"),
+                "--classes",
+                "2",
+                "--per-class",
+                "2",
+                "--size",
+                "32",
+            ]
+        )
+        == 0
+    )
+    assert len((tmp_path / "d" / "images.txt").read_text().splitlines()) == 4
