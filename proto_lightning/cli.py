@@ -25,6 +25,10 @@ STAGES = {
         "proto_lightning.stages.blackbox:run_test",
         "test accuracy of a black-box checkpoint (ckpt_path=...)",
     ),
+    "decompose": (
+        "proto_lightning.stages.decompose:run_decompose",
+        "post-hoc part-prototype network of a black box (blackbox_ckpt=...)",
+    ),
     "demo": (
         "proto_lightning.stages.demo:run_demo",
         "quick-start: every stage on the generated part dataset",
@@ -45,6 +49,7 @@ examples:
   proto-lightning blackbox data=cub data.root=/data/CUB_200_2011 model/backbone=resnet50 trainer.max_epochs=30
   proto-lightning blackbox ckpt_path=runs/blackbox/<date>/checkpoints/last.ckpt   # resume
   proto-lightning test ckpt_path=runs/blackbox/<date>/checkpoints/last.ckpt
+  proto-lightning decompose blackbox_ckpt=runs/blackbox/<date>/checkpoints/last.ckpt model.prototypes_per_class=3
   proto-lightning blackbox --cfg job        # print the composed config
 """
 

@@ -30,7 +30,7 @@ class StageResult:
         """Human-readable lines for the CLI."""
         lines = [f"[{self.stage}] run folder: {self.run_dir}"]
         lines += [f"  {name}: {path}" for name, path in self.artifacts.items()]
-        lines += [f"  {name} = {value:.4f}" for name, value in self.metrics.items()]
+        lines += [f"  {name} = {value:.6g}" for name, value in self.metrics.items()]
         return "\n".join(lines)
 
 

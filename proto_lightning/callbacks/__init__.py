@@ -1,0 +1,6 @@
+"""Lightning callbacks that log what the prototype networks guarantee and show."""
+
+from proto_lightning.callbacks.gallery import PrototypeGalleryCallback
+from proto_lightning.callbacks.head_reconstruction import HeadReconstructionCallback
+
+__all__ = ["HeadReconstructionCallback", "PrototypeGalleryCallback"]

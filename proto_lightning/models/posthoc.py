@@ -1,0 +1,253 @@
+"""The post-hoc part-prototype network: a frozen black box whose head is a sum of prototype terms.
+
+DESIGN.md 2.4: y_c(x) = sum_i mean_j (f_j(x) . p~_i) + b_c, which equals the black box's logit because
+sum_i p~_i = v_c. Since the mean over locations is linear, the contribution of prototype i is
+computed as (mean_j f_j) . p~_i; its heatmap f_j(x) . p~_i is only formed when explaining.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from proto_lightning.errors import IncompatibleWeightsError
+from proto_lightning.models.blackbox import BlackBoxClassifier, BlackBoxNet
+from proto_lightning.prototypes.projection import Projection
+
+ARTIFACT_FORMAT = "proto-lightning/posthoc-ppn/1"
+
+
+class IncompatibleArtifactError(IncompatibleWeightsError):
+    """A post-hoc artifact that is truncated, of another format, or of another black box."""
+
+
+@dataclass
+class PrototypeExplanation:
+    """One image explained by one class's prototypes, ranked by contribution (largest first)."""
+
+    label: int  # the class explained (the prediction unless a target was given)
+    logit: float
+    prototype_index: torch.Tensor  # (k,) which of the class's prototypes, in rank order
+    contributions: torch.Tensor  # (k,) mean_j f_j . p~_i; sums with the bias to the logit
+    heatmaps: torch.Tensor  # (k, H, W) f_j . p~_i
+    upsampled: torch.Tensor  # (k, H0, W0) bilinear to the input size
+    nearest: list[dict[str, Any]]  # (k,) the training patch each prototype is shown as
+
+
+class PostHocPrototypeNetwork(L.LightningModule):
+    """Frozen `blackbox` + prototypes (C, k, D) + bias (C,); logits equal the black box's."""
+
+    def __init__(
+        self,
+        blackbox: BlackBoxNet,
+        prototypes: torch.Tensor,
+        bias: torch.Tensor,
+        projection: Projection | None = None,
+        extras: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        C, k, D = prototypes.shape
+        if blackbox.head.weight.shape != (C, D):
+            raise IncompatibleArtifactError(
+                f"prototypes are for C={C} classes and D={D} features, but the black box head is "
+                f"{tuple(blackbox.head.weight.shape)} (C, D): it was decomposed from another black box"
+            )
+        self.blackbox = blackbox.eval().requires_grad_(False)
+        self.register_buffer("prototypes", prototypes.float())
+        self.register_buffer("bias", bias.float())
+        self.projection = projection
+        self.extras = dict(extras or {})
+        self.metrics = torch.nn.ModuleDict(
+            {
+                f"{s}_{m}": MulticlassAccuracy(C, average="micro")
+                for s in ("val", "test")
+                for m in ("acc", "agreement")
+            }
+        )
+
+    @property
+    def num_classes(self) -> int:
+        """C."""
+        return self.prototypes.shape[0]
+
+    @property
+    def prototypes_per_class(self) -> int:
+        """k."""
+        return self.prototypes.shape[1]
+
+    def train(self, mode: bool = True) -> PostHocPrototypeNetwork:
+        """The black box stays in eval mode (BatchNorm statistics frozen) whatever Lightning asks."""
+        super().train(mode)
+        self.blackbox.eval()
+        return self
+
+    def contributions(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """Feature map (B, D, H, W) -> per-prototype contributions (B, C, k)."""
+        pooled = feature_map.mean(dim=(2, 3))  # (B, D)
+        return torch.einsum("bd,ckd->bck", pooled, self.prototypes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H0, W0) -> logits (B, C) = sum_i contributions + b."""
+        return self.contributions(self.blackbox.features(x)).sum(-1) + self.bias
+
+    @torch.no_grad()
+    def explain(
+        self, x: torch.Tensor, target: torch.Tensor | int | None = None
+    ) -> list[PrototypeExplanation]:
+        """Per image: predicted (or target) class, its prototypes' contributions, heatmaps and nearest patches."""
+        feature_map = self.blackbox.features(x)  # (B, D, H, W)
+        contrib = self.contributions(feature_map)  # (B, C, k)
+        logits = contrib.sum(-1) + self.bias
+        labels = (
+            logits.argmax(1)
+            if target is None
+            else torch.as_tensor(target, device=x.device).expand(len(x))
+        )
+        chosen = self.prototypes[labels]  # (B, k, D)
+        heatmaps = torch.einsum("bdhw,bkd->bkhw", feature_map, chosen)  # (B, k, H, W)
+        upsampled = F.interpolate(heatmaps, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        explanations = []
+        for b, label in enumerate(labels.tolist()):
+            order = contrib[b, label].argsort(descending=True)  # (k,)
+            explanations.append(
+                PrototypeExplanation(
+                    label=label,
+                    logit=float(logits[b, label]),
+                    prototype_index=order.cpu(),
+                    contributions=contrib[b, label, order].cpu(),
+                    heatmaps=heatmaps[b, order].cpu(),
+                    upsampled=upsampled[b, order].cpu(),
+                    nearest=[self.nearest_patch(label, int(i)) for i in order],
+                )
+            )
+        return explanations
+
+    def nearest_patch(self, label: int, i: int) -> dict[str, Any]:
+        """The training patch prototype i of class `label` is shown as (empty before projection)."""
+        if self.projection is None:
+            return {}
+        q = label * self.prototypes_per_class + i
+        patch = {
+            "row": int(self.projection.rows[q]),
+            "image_id": int(self.projection.image_ids[q]),
+            "location": tuple(int(v) for v in self.projection.locations[q]),
+            "score": -float(self.projection.distances[q]),
+        }
+        for name in ("rf_boxes", "high_activation_boxes"):
+            if name in self.extras:
+                patch[name[:-2] if name.endswith("es") else name] = tuple(
+                    int(v) for v in self.extras[name][q]
+                )
+        return patch
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> dict[str, torch.Tensor]:
+        feature_map = self.blackbox.features(batch["image"])
+        logits = self.contributions(feature_map).sum(-1) + self.bias
+        blackbox_logits = self.blackbox.logits_from_features(feature_map)
+        n = len(batch["label"])
+        self.metrics[f"{split}_acc"](logits, batch["label"])
+        self.metrics[f"{split}_agreement"](logits, blackbox_logits.argmax(1))
+        self.log(f"{split}/acc", self.metrics[f"{split}_acc"], batch_size=n)
+        self.log(f"{split}/agreement", self.metrics[f"{split}_agreement"], batch_size=n)
+        return {"logits": logits, "blackbox_logits": blackbox_logits}
+
+    def validation_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
+        """Accuracy and agreement with the black box on a validation batch."""
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Accuracy and agreement with the black box on a test batch."""
+        return self._eval_step(batch, "test")
+
+    # ---- artifact -------------------------------------------------------------------------------
+
+    def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """Write one self-contained artifact atomically (temp file in the same folder, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "format": ARTIFACT_FORMAT,
+            "prototypes": self.prototypes.cpu(),
+            "bias": self.bias.cpu(),
+            "projection": self.projection.to_dict() if self.projection is not None else None,
+            "extras": self.extras,
+            "blackbox": {
+                "backbone": self.blackbox.backbone.name,
+                "num_classes": self.num_classes,
+                "state_dict": {k: v.cpu() for k, v in self.blackbox.state_dict().items()},
+            },
+            "metadata": dict(metadata or {}),
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(buffer.getvalue())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        blackbox: BlackBoxNet | str | Path | None = None,
+        map_location: str = "cpu",
+    ) -> PostHocPrototypeNetwork:
+        """Restore an artifact; `blackbox` (a net or checkpoint path) must be the one it was made from."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"post-hoc artifact {path} does not exist; run `proto-lightning decompose` first"
+            )
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as err:
+            raise IncompatibleArtifactError(
+                f"cannot read post-hoc artifact {path} (truncated or not a torch file): {err}"
+            ) from err
+        if not isinstance(state, dict) or state.get("format") != ARTIFACT_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise IncompatibleArtifactError(
+                f"{path} is not a post-hoc PPN artifact of format {ARTIFACT_FORMAT} (found {found!r})"
+            )
+        saved = state["blackbox"]
+        own = BlackBoxNet(saved["backbone"], saved["num_classes"])
+        own.load_state_dict(saved["state_dict"])
+        if blackbox is None:
+            blackbox = own
+        else:
+            if not isinstance(blackbox, BlackBoxNet):
+                blackbox = BlackBoxClassifier.load_checkpoint(blackbox).net
+            mine, theirs = own.head.weight, blackbox.head.weight
+            if mine.shape != theirs.shape:
+                raise IncompatibleArtifactError(
+                    f"{path} decomposes a head of shape {tuple(mine.shape)} (C, D); the given black box has "
+                    f"{tuple(theirs.shape)}: pass the black box it was made from"
+                )
+            if not torch.allclose(mine, theirs.detach().cpu(), atol=1e-6):
+                raise IncompatibleArtifactError(
+                    f"{path} was decomposed from another black box (its head weights differ)"
+                )
+        projection = (
+            Projection.from_dict(state["projection"]) if state["projection"] is not None else None
+        )
+        model = cls(blackbox, state["prototypes"], state["bias"], projection, state["extras"])
+        model.metadata = state["metadata"]
+        return model

@@ -1,0 +1,58 @@
+"""Where a feature-map location lies in the input: receptive-field box and high-activation box.
+
+Both boxes are (y0, y1, x0, x1) in input pixels, end-exclusive, as ProtoPNet records them
+(cfchen-duke/ProtoPNet push.py: `proto_rf_boxes`, `proto_bound_boxes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def receptive_field_boxes(
+    features_fn: Callable[[torch.Tensor], torch.Tensor],
+    image_size: int,
+    locations: np.ndarray,
+    probes: int = 2,
+    seed: int = 0,
+) -> np.ndarray:
+    """Receptive-field box of each (h, w) location: the input pixels its features depend on.
+
+    Measured, not derived from layer arithmetic, so every backbone family (residual branches,
+    dense blocks) is handled alike: the support of d sum_d F[d, h, w] / d x over a few random inputs.
+    ProtoPNet computes the same box analytically per architecture (receptive_field.py).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(probes, 3, image_size, image_size, generator=generator, requires_grad=True)
+    boxes = np.zeros((len(locations), 4), dtype=np.int64)
+    cache: dict[tuple[int, int], np.ndarray] = {}
+    with torch.enable_grad():
+        fmap = features_fn(x)  # (probes, D, H, W)
+        for n, (h, w) in enumerate(np.asarray(locations).tolist()):
+            if (h, w) not in cache:
+                (grad,) = torch.autograd.grad(fmap[:, :, h, w].sum(), x, retain_graph=True)
+                support = grad.abs().sum((0, 1)) > 0  # (H0, W0)
+                ys, xs = torch.nonzero(support, as_tuple=True)
+                cache[h, w] = np.array([ys.min(), ys.max() + 1, xs.min(), xs.max() + 1])
+            boxes[n] = cache[h, w]
+    return boxes
+
+
+def high_activation_box(
+    activation: torch.Tensor, image_size: int, percentile: float = 95.0
+) -> np.ndarray:
+    """ProtoPNet's `find_high_activation_crop`: upsample (bicubic) the (H, W) activation to the image,
+    keep pixels at or above the percentile, return their bounding box (y0, y1, x0, x1)."""
+    up = F.interpolate(
+        activation[None, None].float(),
+        size=(image_size, image_size),
+        mode="bicubic",
+        align_corners=False,
+    )[0, 0]
+    threshold = torch.quantile(up.flatten(), percentile / 100.0)
+    ys, xs = torch.nonzero(up >= threshold, as_tuple=True)
+    return np.array([int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1])

@@ -1,0 +1,171 @@
+"""Nearest training patch of each query vector (prototype), shared by the post-hoc PPN and ProtoPNet's push.
+
+DESIGN.md section 4. Patches are added batch by batch (streaming) into exact FAISS flat indexes, one
+per class, so a search can be restricted to the query's class and memory is bounded by the indexes
+themselves. An unrestricted search, a search over several classes and a search over several DDP
+shards all reduce the same way: `merge_nearest` keeps, per query, the candidate of smallest distance.
+
+Metrics: `l2` (squared Euclidean distance, ProtoPNet's push) and `ip` (inner product; reported as
+distance = -f.p so that smaller is always better). The post-hoc network's heatmap of prototype i is
+f_j . p~_i, so the patch that shows "what the prototype looks for" is the one of largest inner
+product: its visualisation uses `ip`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+METRICS = ("l2", "ip")
+
+
+@dataclass
+class Projection:
+    """Per query: the winning patch's dataset row, image id, feature location (h, w), distance, class."""
+
+    rows: np.ndarray  # (Q,) int64, row in the dataset index; -1 when nothing was searched
+    image_ids: np.ndarray  # (Q,) int64
+    locations: np.ndarray  # (Q, 2) int64, (h, w) on the feature map
+    distances: np.ndarray  # (Q,) float32; squared L2, or -inner product
+    labels: np.ndarray  # (Q,) int64, class of the winning patch
+
+    @classmethod
+    def empty(cls, n: int) -> Projection:
+        """A projection of `n` queries that found nothing yet (distance +inf)."""
+        return cls(
+            rows=np.full(n, -1, dtype=np.int64),
+            image_ids=np.full(n, -1, dtype=np.int64),
+            locations=np.full((n, 2), -1, dtype=np.int64),
+            distances=np.full(n, np.inf, dtype=np.float32),
+            labels=np.full(n, -1, dtype=np.int64),
+        )
+
+    def take(self, other: Projection, mask: np.ndarray) -> None:
+        """Replace the entries selected by `mask` with those of `other` (same query order)."""
+        for name in ("rows", "image_ids", "locations", "distances", "labels"):
+            getattr(self, name)[mask] = getattr(other, name)[mask]
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors for an artifact file."""
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in vars(self).items()}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, torch.Tensor]) -> Projection:
+        """Inverse of `to_dict`."""
+        return cls(**{k: v.numpy() for k, v in state.items()})
+
+
+def merge_nearest(candidates: list[Projection]) -> Projection:
+    """Per query, the candidate of smallest distance (first one on ties): the shard/class min-reduce."""
+    merged = Projection.empty(len(candidates[0].distances))
+    for candidate in candidates:
+        merged.take(candidate, candidate.distances < merged.distances)
+    return merged
+
+
+def _use_gpu(device: str) -> bool:
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"projection device must be auto, cpu or cuda, got {device!r}")
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if device == "cuda" and gpus == 0:
+        log.warning("projection.device=cuda but FAISS sees no GPU: using CPU indexes")
+    return device != "cpu" and gpus > 0
+
+
+class NearestPatchIndex:
+    """Streaming exact nearest-patch search with optional class restriction (FAISS flat indexes)."""
+
+    def __init__(self, dim: int, metric: str = "l2", device: str = "auto") -> None:
+        if metric not in METRICS:
+            raise ValueError(f"projection metric must be one of {METRICS}, got {metric!r}")
+        self.dim, self.metric = dim, metric
+        self.gpu = _use_gpu(device)
+        self._resources = faiss.StandardGpuResources() if self.gpu else None
+        self._indexes: dict[int, faiss.Index] = {}
+        self._meta: dict[int, list[np.ndarray]] = {}  # class -> chunks of (row, image_id, h, w)
+
+    def _index(self, label: int) -> faiss.Index:
+        if label not in self._indexes:
+            flat = (
+                faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
+            )
+            if self.gpu:
+                flat = faiss.index_cpu_to_gpu(self._resources, 0, flat)
+            self._indexes[label] = flat
+            self._meta[label] = []
+        return self._indexes[label]
+
+    @property
+    def size(self) -> int:
+        """Number of patches added."""
+        return sum(index.ntotal for index in self._indexes.values())
+
+    def add(
+        self,
+        features: torch.Tensor | np.ndarray,
+        labels: np.ndarray,
+        rows: np.ndarray,
+        image_ids: np.ndarray,
+        locations: np.ndarray,
+    ) -> None:
+        """Add patch vectors (N, D) with their class, dataset row, image id and (h, w) location."""
+        features = _as_float32(features)
+        labels = np.asarray(labels)
+        meta = np.column_stack([rows, image_ids, np.asarray(locations).reshape(-1, 2)]).astype(
+            np.int64
+        )
+        for label in np.unique(labels):
+            mask = labels == label
+            self._index(int(label)).add(features[mask])
+            self._meta[int(label)].append(meta[mask])
+
+    def search(
+        self, queries: torch.Tensor | np.ndarray, classes: np.ndarray | None = None
+    ) -> Projection:
+        """Nearest patch of each query (Q, D); with `classes` (Q,), only among patches of that class."""
+        queries = _as_float32(queries)
+        candidates = []
+        for label, index in self._indexes.items():
+            selected = (
+                np.arange(len(queries)) if classes is None else np.flatnonzero(classes == label)
+            )
+            if len(selected) == 0 or index.ntotal == 0:
+                continue
+            scores, ids = index.search(queries[selected], 1)
+            meta = (
+                np.concatenate(self._meta[label])
+                if len(self._meta[label]) > 1
+                else self._meta[label][0]
+            )
+            self._meta[label] = [meta]  # concatenate once
+            found = Projection.empty(len(queries))
+            winners = meta[ids[:, 0]]
+            found.rows[selected] = winners[:, 0]
+            found.image_ids[selected] = winners[:, 1]
+            found.locations[selected] = winners[:, 2:4]
+            found.distances[selected] = scores[:, 0] if self.metric == "l2" else -scores[:, 0]
+            found.labels[selected] = label
+            candidates.append(found)
+        return merge_nearest(candidates) if candidates else Projection.empty(len(queries))
+
+
+def all_reduce_nearest(local: Projection) -> Projection:
+    """Under DDP, gather every rank's projection of its shard and min-reduce them; else return as is."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    gathered: list[Projection | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    return merge_nearest([g for g in gathered if g is not None])
+
+
+def _as_float32(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float32).numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)

@@ -1,0 +1,228 @@
+"""The decompose stage: frozen black box -> post-hoc part-prototype network (`posthoc.pt`), then tested."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from proto_lightning.config import resolved_container
+from proto_lightning.errors import IncompatibleWeightsError
+from proto_lightning.models import BlackBoxClassifier, BlackBoxNet
+from proto_lightning.models.posthoc import PostHocPrototypeNetwork
+from proto_lightning.prototypes.boxes import high_activation_box, receptive_field_boxes
+from proto_lightning.prototypes.decomposition import HeadDecomposition, decompose_head
+from proto_lightning.prototypes.features import FeatureStore, collect_features
+from proto_lightning.prototypes.projection import NearestPatchIndex, Projection
+from proto_lightning.stages.common import StageResult, build_trainer, logs_location, start_run
+
+log = logging.getLogger(__name__)
+
+
+def _device(cfg: DictConfig) -> torch.device:
+    wants_cpu = str(cfg.trainer.get("accelerator", "auto")) == "cpu"
+    return torch.device("cuda" if torch.cuda.is_available() and not wants_cpu else "cpu")
+
+
+def project_prototypes(
+    store: FeatureStore,
+    prototypes: torch.Tensor,
+    metric: str,
+    class_restricted: bool,
+    device: str,
+    chunk: int = 65536,
+) -> Projection:
+    """Nearest training patch of every prototype (C, k, D), streamed from the feature store in chunks."""
+    C, k, D = prototypes.shape
+    index = NearestPatchIndex(D, metric=metric, device=device)
+    for start in range(0, len(store.features), chunk):
+        s = slice(start, start + chunk)
+        index.add(
+            store.features[s],
+            store.labels[s],
+            store.rows[s],
+            store.image_ids[s],
+            store.locations[s],
+        )
+    classes = np.repeat(np.arange(C), k) if class_restricted else None
+    return index.search(prototypes.reshape(C * k, D), classes)
+
+
+@torch.no_grad()
+def winner_boxes(
+    net: BlackBoxNet,
+    datamodule,
+    projection: Projection,
+    prototypes: torch.Tensor,
+    percentile: float,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Receptive-field and high-activation boxes (Q, 4) of each prototype's winning patch, in input pixels."""
+    image_size = datamodule.image_size
+    rf = receptive_field_boxes(net.features, image_size, projection.locations)
+    flat = prototypes.reshape(-1, prototypes.shape[-1]).to(device)  # (Q, D)
+    push = datamodule.push_set
+    high = np.zeros_like(rf)
+    for row in np.unique(projection.rows):
+        image = push[int(np.searchsorted(push.rows, row))]["image"][None].to(device)
+        feature_map = net.features(image)[0]  # (D, H, W)
+        for q in np.flatnonzero(projection.rows == row):
+            activation = torch.einsum("dhw,d->hw", feature_map, flat[q])  # the prototype's heatmap
+            high[q] = high_activation_box(activation.cpu(), image_size, percentile)
+    return rf, high
+
+
+def log_decomposition(
+    decomposition: HeadDecomposition, V: torch.Tensor, logger
+) -> dict[str, float]:
+    """Per-class residual and objective table, and headline numbers, to the logger."""
+    rel_error = decomposition.relative_head_error(V)
+    summary = {
+        "decompose/residual_norm_mean": float(decomposition.residual_norm.mean()),
+        "decompose/relative_head_error": rel_error,
+        "decompose/objective_even_mean": float(decomposition.objective_even.mean()),
+        "decompose/objective_refined_mean": float(decomposition.objective_refined.mean()),
+    }
+    per_class_error = (
+        (V.double() - decomposition.prototypes.double().sum(1)).norm(dim=1) / V.double().norm(dim=1)
+    ).tolist()
+    rows = [
+        [
+            c,
+            float(decomposition.residual_norm[c]),
+            per_class_error[c],
+            float(decomposition.objective_even[c]),
+            float(decomposition.objective_refined[c]),
+        ]
+        for c in range(len(V))
+    ]
+    if hasattr(logger, "log_table"):
+        logger.log_table(
+            "decompose/per_class",
+            columns=[
+                "class",
+                "residual_norm_before",
+                "relative_head_error_after",
+                "objective_even",
+                "objective_refined",
+            ],
+            data=rows,
+        )
+    logger.log_metrics(summary)
+    log.info(
+        "decomposition: residual before refinement %.4g (mean over classes), relative head error after %.3g, "
+        "objective %.4f (even split) -> %.4f (refined)",
+        summary["decompose/residual_norm_mean"],
+        rel_error,
+        summary["decompose/objective_even_mean"],
+        summary["decompose/objective_refined_mean"],
+    )
+    return summary
+
+
+def run_decompose(cfg: DictConfig) -> StageResult:
+    """Decompose the head of `cfg.blackbox_ckpt` into `model.prototypes_per_class` prototypes per class."""
+    run_dir, datamodule = start_run(cfg)
+    blackbox = BlackBoxClassifier.load_checkpoint(cfg.blackbox_ckpt)
+    if blackbox.hparams.num_classes != datamodule.num_classes:
+        raise IncompatibleWeightsError(
+            f"black box {cfg.blackbox_ckpt} predicts {blackbox.hparams.num_classes} classes but "
+            f"{datamodule.root} has {datamodule.num_classes}: decompose it on the dataset it was trained on"
+        )
+    settings = cfg.model
+    device = _device(cfg)
+    net = blackbox.net.eval().requires_grad_(False).to(device)
+    datamodule.setup("test")
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    store = collect_features(
+        net.features,
+        datamodule.push_dataloader(),
+        datamodule.push_set.labels,
+        datamodule.num_classes,
+        settings.feature_store.ram_budget_gb,
+        Path(settings.feature_store.spill_dir or run_dir),
+        device,
+    )
+    timings["features"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    V, b = net.head.weight.detach().cpu(), net.head.bias.detach().cpu()
+    decomposition = decompose_head(
+        store,
+        V,
+        settings.prototypes_per_class,
+        nmf_max_iter=settings.nmf.max_iter,
+        nmf_tol=settings.nmf.tol,
+        classes_per_batch=settings.nmf.classes_per_batch,
+        refine_objective=settings.refinement.objective,
+        refine_max_iter=settings.refinement.max_iter,
+        refine_tol=settings.refinement.tol,
+        seed=cfg.seed,
+        device=device,
+    )
+    timings["nmf+refinement"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    projection = project_prototypes(
+        store,
+        decomposition.prototypes,
+        settings.projection.metric,
+        settings.projection.class_restricted,
+        settings.projection.device,
+    )
+    rf, high = winner_boxes(
+        net,
+        datamodule,
+        projection,
+        decomposition.prototypes,
+        settings.projection.high_activation_percentile,
+        device,
+    )
+    timings["projection"] = time.perf_counter() - start
+
+    extras = {
+        "bases": decomposition.bases,
+        "alpha": decomposition.alpha,
+        "beta": decomposition.beta,
+        "residual_norm": decomposition.residual_norm,
+        "objective_even": decomposition.objective_even,
+        "objective_refined": decomposition.objective_refined,
+        "nmf_objective": decomposition.nmf_objective,
+        "rf_boxes": rf,
+        "high_activation_boxes": high,
+        "map_size": store.map_size,
+        "image_size": datamodule.image_size,
+        "class_names": datamodule.records.class_names,
+        "part_names": datamodule.records.part_names,
+        "mean": datamodule.mean,
+        "std": datamodule.std,
+    }
+    model = PostHocPrototypeNetwork(net.cpu(), decomposition.prototypes, b, projection, extras)
+    artifact = model.save(
+        run_dir / "posthoc.pt",
+        {
+            "blackbox_ckpt": str(Path(cfg.blackbox_ckpt).resolve()),
+            "config": OmegaConf.to_yaml(resolved_container(cfg)),
+            "timings": timings,
+        },
+    )
+
+    trainer = build_trainer(cfg)
+    summary = log_decomposition(decomposition, V, trainer.logger)
+    metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    result = StageResult(
+        "decompose", run_dir, {"artifact": artifact, "logs": logs_location(trainer)}
+    )
+    gallery = run_dir / "gallery"
+    if gallery.is_dir():
+        result.artifacts["gallery"] = gallery
+    result.metrics.update({k: float(v) for k, v in metrics.items()})
+    result.metrics.update(summary)
+    result.metrics.update({f"time/{k}": v for k, v in timings.items()})
+    return result
