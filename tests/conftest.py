@@ -33,7 +33,6 @@ def fast_overrides(data_root: Path, run_dir: Path) -> list[str]:
         "trainer.max_epochs=1",
         "logger=csv",
         "callbacks.progress=null",
-        "callbacks.lr_monitor=null",
         f"hydra.run.dir={run_dir}",
     ]
 

@@ -9,9 +9,16 @@ Step 3's objective is where the paper (Nelder-Mead over beta under interpretabil
 leaves the exact form to us. Our choice, `heatmap_cosine`: a prototype stays interpretable when its
 heatmap on the class's training features, F_c p~_i (one value per patch), still points where its
 NMF part map E_i does, so beta minimises J(beta) = mean_i (1 - cos(F_c p~_i, E_i)). Cosine is
-scale-free (NMF's scale and alpha do not matter); the constraint sum_i beta_i = 1 is built into the
-parametrisation beta = (b_1..b_{k-1}, 1 - sum b), so Nelder-Mead (scipy) runs unconstrained from the
-even split beta_i = 1/k and can only keep or improve J there. `even` skips the optimisation.
+scale-free (NMF's scale and alpha do not matter), which is also why beta must be bounded: with
+sum_i beta_i = 1 alone, J is flat along directions where two betas grow without bound in opposite
+signs and the prototypes blow up. Constraints (config `refinement.constraint`):
+  - `simplex` (default): beta_i >= 0 and sum_i beta_i = 1, every prototype takes a share of the
+    residual; parametrised as beta = softmax(z_1..z_{k-1}, 0);
+  - `sum_to_one`: sum_i beta_i = 1 with |b_i| <= `beta_bound` on the k - 1 free coordinates,
+    beta = (b_1..b_{k-1}, 1 - sum b).
+Both are built into the parametrisation, so Nelder-Mead (scipy) runs on free variables starting at
+the even split beta_i = 1/k, and the best point it returns is never worse than that start.
+`objective=even` skips the optimisation.
 """
 
 from __future__ import annotations
@@ -91,25 +98,43 @@ class HeatmapCosine:
         return float(np.mean(1.0 - dot / (norm * np.maximum(self.EE, 1e-300))))
 
 
-def full_beta(free: np.ndarray) -> np.ndarray:
-    """(b_1..b_{k-1}) -> beta with sum 1."""
+CONSTRAINTS = ("simplex", "sum_to_one")
+
+
+def full_beta(free: np.ndarray, constraint: str) -> np.ndarray:
+    """Free variables (k - 1,) -> beta (k,) with sum 1 (and beta >= 0 for `simplex`)."""
+    if constraint == "simplex":
+        z = np.append(free, 0.0)
+        e = np.exp(z - z.max())
+        return e / e.sum()
     return np.append(free, 1.0 - free.sum())
 
 
 def refine_beta(
-    objective: HeatmapCosine, k: int, method: str, max_iter: int, tol: float
+    objective: HeatmapCosine,
+    k: int,
+    method: str,
+    max_iter: int,
+    tol: float,
+    constraint: str = "simplex",
+    beta_bound: float = 1.0,
 ) -> np.ndarray:
-    """Nelder-Mead (scipy) over k - 1 free betas from the even split; the best point is never worse."""
+    """Nelder-Mead (scipy) over the k - 1 free variables from the even split; never worse than it."""
     even = np.full(k, 1.0 / k)
     if method == "even" or k == 1:
         return even
+    if constraint not in CONSTRAINTS:
+        raise ValueError(f"refinement constraint must be one of {CONSTRAINTS}, got {constraint!r}")
+    start = np.zeros(k - 1) if constraint == "simplex" else even[:-1]
+    bounds = None if constraint == "simplex" else [(-beta_bound, beta_bound)] * (k - 1)
     result = minimize(
-        lambda free: objective(full_beta(free)),
-        even[:-1],
+        lambda free: objective(full_beta(free, constraint)),
+        start,
         method="Nelder-Mead",
+        bounds=bounds,
         options={"maxiter": max_iter, "xatol": tol, "fatol": tol},
     )
-    beta = full_beta(result.x)
+    beta = full_beta(result.x, constraint)
     return beta if objective(beta) <= objective(even) else even
 
 
@@ -123,6 +148,8 @@ def decompose_head(
     refine_objective: str = "heatmap_cosine",
     refine_max_iter: int = 2000,
     refine_tol: float = 1e-8,
+    refine_constraint: str = "simplex",
+    beta_bound: float = 1.0,
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> HeadDecomposition:
@@ -153,7 +180,15 @@ def decompose_head(
                 alpha[i].cpu(),
                 residual[i].cpu(),
             )
-            beta = refine_beta(objective, k, refine_objective, refine_max_iter, refine_tol)
+            beta = refine_beta(
+                objective,
+                k,
+                refine_objective,
+                refine_max_iter,
+                refine_tol,
+                refine_constraint,
+                beta_bound,
+            )
             out["beta"].append(torch.from_numpy(beta))
             out["even"].append(objective(np.full(k, 1.0 / k)))
             out["refined"].append(objective(beta))

@@ -75,7 +75,8 @@ def nmf(
     E, P = (t.clone() for t in init) if init is not None else random_init(F, k, seed)
     previous = objective(F, E, P)
     iterations = 0
-    for iterations in range(1, max_iter + 1):
+    for iteration in range(1, max_iter + 1):
+        iterations = iteration
         Et = E.transpose(1, 2)  # (C, k, N)
         P = _hals_sweep(P, Et @ E, Et @ F)  # update P rows: gram E^T E, target E^T F
         Pt = P.transpose(1, 2)  # (C, D, k)

@@ -82,7 +82,9 @@ def _use_gpu(device: str) -> bool:
 class NearestPatchIndex:
     """Streaming exact nearest-patch search with optional class restriction (FAISS flat indexes)."""
 
-    def __init__(self, dim: int, metric: str = "l2", device: str = "auto") -> None:
+    def __init__(
+        self, dim: int, metric: str = "l2", device: str = "auto", flush_rows: int = 262144
+    ) -> None:
         if metric not in METRICS:
             raise ValueError(f"projection metric must be one of {METRICS}, got {metric!r}")
         self.dim, self.metric = dim, metric
@@ -90,6 +92,11 @@ class NearestPatchIndex:
         self._resources = faiss.StandardGpuResources() if self.gpu else None
         self._indexes: dict[int, faiss.Index] = {}
         self._meta: dict[int, list[np.ndarray]] = {}  # class -> chunks of (row, image_id, h, w)
+        # FAISS reallocates a flat index on every add: small chunks wait here (at most `flush_rows`
+        # rows in all) and go in with one add per class.
+        self._pending: dict[int, list[np.ndarray]] = {}
+        self._pending_rows = 0
+        self.flush_rows = flush_rows
 
     def _index(self, label: int) -> faiss.Index:
         if label not in self._indexes:
@@ -105,7 +112,12 @@ class NearestPatchIndex:
     @property
     def size(self) -> int:
         """Number of patches added."""
-        return sum(index.ntotal for index in self._indexes.values())
+        return sum(index.ntotal for index in self._indexes.values()) + self._pending_rows
+
+    def _flush(self) -> None:
+        for label, chunks in self._pending.items():
+            self._indexes[label].add(np.concatenate(chunks) if len(chunks) > 1 else chunks[0])
+        self._pending, self._pending_rows = {}, 0
 
     def add(
         self,
@@ -121,16 +133,27 @@ class NearestPatchIndex:
         meta = np.column_stack([rows, image_ids, np.asarray(locations).reshape(-1, 2)]).astype(
             np.int64
         )
-        for label in np.unique(labels):
-            mask = labels == label
-            self._index(int(label)).add(features[mask])
-            self._meta[int(label)].append(meta[mask])
+        if (
+            np.diff(labels) < 0
+        ).any():  # group by class with one gather (class-ordered input skips it)
+            order = np.argsort(labels, kind="stable")
+            features, labels, meta = features[order], labels[order], meta[order]
+        cuts = np.flatnonzero(np.diff(labels)) + 1
+        for start, end in zip(np.r_[0, cuts], np.r_[cuts, len(labels)], strict=True):
+            label = int(labels[start])
+            self._index(label)
+            self._pending.setdefault(label, []).append(features[start:end])
+            self._meta[label].append(meta[start:end])
+        self._pending_rows += len(labels)
+        if self._pending_rows >= self.flush_rows:
+            self._flush()
 
     def search(
         self, queries: torch.Tensor | np.ndarray, classes: np.ndarray | None = None
     ) -> Projection:
         """Nearest patch of each query (Q, D); with `classes` (Q,), only among patches of that class."""
         queries = _as_float32(queries)
+        self._flush()
         candidates = []
         for label, index in self._indexes.items():
             selected = (

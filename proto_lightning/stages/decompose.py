@@ -163,6 +163,8 @@ def run_decompose(cfg: DictConfig) -> StageResult:
         refine_objective=settings.refinement.objective,
         refine_max_iter=settings.refinement.max_iter,
         refine_tol=settings.refinement.tol,
+        refine_constraint=settings.refinement.constraint,
+        beta_bound=settings.refinement.beta_bound,
         seed=cfg.seed,
         device=device,
     )

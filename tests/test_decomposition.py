@@ -1,0 +1,105 @@
+"""Head decomposition: exact reconstruction, least-squares alpha, refinement objective and constraint."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from proto_lightning.models import BlackBoxNet
+from proto_lightning.models.posthoc import PostHocPrototypeNetwork
+from proto_lightning.prototypes.decomposition import (
+    HeatmapCosine,
+    decompose_head,
+    least_squares_alpha,
+    refine_beta,
+)
+from proto_lightning.prototypes.features import FeatureStore
+
+
+def random_store(
+    C: int, D: int, images_per_class: int = 6, hw: int = 49, seed: int = 0
+) -> FeatureStore:
+    rng = np.random.default_rng(seed)
+    n = C * images_per_class * hw
+    features = np.maximum(rng.standard_normal((n, D)), 0).astype(np.float32) * rng.random(D).astype(
+        np.float32
+    )
+    labels = np.repeat(np.arange(C), images_per_class * hw)
+    return FeatureStore(
+        features=features,
+        rows=np.repeat(np.arange(C * images_per_class), hw),
+        image_ids=np.repeat(np.arange(C * images_per_class) + 1, hw),
+        locations=np.tile(np.stack(np.divmod(np.arange(hw), 7), 1), (C * images_per_class, 1)),
+        labels=labels,
+        offsets=np.arange(C + 1) * images_per_class * hw,
+        map_size=(7, 7),
+    )
+
+
+def test_random_resnet18_head_is_reconstructed_exactly():
+    torch.manual_seed(0)
+    net = BlackBoxNet("resnet18", num_classes=10).eval()
+    V, b = net.head.weight.detach(), net.head.bias.detach()  # (10, 512)
+    store = random_store(10, 512)
+    k = 3  # k << D: least squares alone leaves a large residual
+    result = decompose_head(store, V, k, nmf_max_iter=50, classes_per_batch=4)
+    assert (result.residual_norm / V.norm(dim=1) > 0.5).all()
+    assert result.relative_head_error(V) < 1e-6
+    assert torch.allclose(result.beta.sum(1), torch.ones(10), atol=1e-6)
+    # logits: sum_i mean_j f_j . p~_i + b == v . mean_j f_j + b on random non-negative feature maps
+    model = PostHocPrototypeNetwork(net, result.prototypes, b)
+    fmap = torch.relu(torch.randn(8, 512, 7, 7)) * 3
+    ours = model.contributions(fmap).sum(-1) + model.bias
+    assert (ours - net.logits_from_features(fmap)).abs().max() < 1e-4
+    assert torch.equal(ours.argmax(1), net.logits_from_features(fmap).argmax(1))
+
+
+def test_alpha_is_the_least_squares_solution():
+    rng = np.random.default_rng(0)
+    P, V = rng.random((3, 4, 20)), rng.standard_normal((3, 20))
+    alpha = least_squares_alpha(torch.from_numpy(P), torch.from_numpy(V)).numpy()
+    for c in range(3):
+        reference = np.linalg.lstsq(P[c].T, V[c], rcond=None)[0]
+        assert np.allclose(alpha[c], reference)
+
+
+def test_heatmap_cosine_objective_by_hand():
+    torch.manual_seed(3)
+    Fm, E, P = torch.rand(50, 12).double(), torch.rand(50, 3).double(), torch.rand(3, 12).double()
+    alpha, r = torch.tensor([0.5, -1.0, 2.0]).double(), torch.randn(12).double()
+    beta = np.array([0.2, 0.5, 0.3])
+    prototypes = alpha[:, None] * P + torch.from_numpy(beta)[:, None] * r  # (3, 12)
+    heatmaps = Fm @ prototypes.T  # (50, 3)
+    by_hand = (1 - F.cosine_similarity(heatmaps, E, dim=0)).mean()
+    assert np.isclose(HeatmapCosine(Fm, E, P, alpha, r)(beta), float(by_hand))
+
+
+def test_refinement_keeps_the_sum_and_never_loses_to_the_even_split():
+    store = random_store(4, 64, seed=1)
+    V = torch.randn(4, 64)
+    even = decompose_head(store, V, 4, refine_objective="even", nmf_max_iter=30)
+    refined = decompose_head(store, V, 4, nmf_max_iter=30)
+    assert torch.allclose(even.beta, torch.full((4, 4), 0.25))
+    assert torch.allclose(refined.beta.sum(1), torch.ones(4), atol=1e-6)
+    assert (refined.objective_refined <= refined.objective_even + 1e-12).all()
+    assert (refined.objective_refined < refined.objective_even).any()  # it does optimise
+    assert torch.allclose(refined.objective_even, even.objective_refined)
+    assert (refined.beta >= 0).all()  # simplex: every prototype takes a share of the residual
+
+
+def test_sum_to_one_constraint_stays_within_its_bound():
+    store = random_store(4, 64, seed=1)
+    V = torch.randn(4, 64)
+    result = decompose_head(
+        store, V, 4, nmf_max_iter=30, refine_constraint="sum_to_one", beta_bound=2.0
+    )
+    assert torch.allclose(result.beta.sum(1), torch.ones(4), atol=1e-6)
+    assert (result.beta[:, :-1].abs() <= 2.0 + 1e-9).all()
+    assert (result.objective_refined <= result.objective_even + 1e-12).all()
+    assert result.relative_head_error(V) < 1e-6
+
+
+def test_single_prototype_takes_the_whole_residual():
+    objective = HeatmapCosine(
+        torch.rand(10, 5), torch.rand(10, 1), torch.rand(1, 5), torch.ones(1), torch.rand(5)
+    )
+    assert refine_beta(objective, 1, "heatmap_cosine", 100, 1e-8).tolist() == [1.0]
