@@ -120,3 +120,15 @@ def test_wandb_logger_runs_offline(stage_config):
     result = run_blackbox(cfg)
     runs = list((result.run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+def test_demo_chains_the_stages(stage_config):
+    from proto_lightning.stages.demo import run_demo
+
+    result = run_demo(stage_config("demo", "trainer.max_epochs=1"))
+    assert (result.run_dir / "blackbox" / "checkpoints" / "last.ckpt").is_file()
+    assert result.artifacts["decompose artifact"] == result.run_dir / "decompose" / "posthoc.pt"
+    assert result.artifacts["decompose artifact"].is_file()
+    assert (result.run_dir / "decompose" / "gallery" / "prototypes.png").is_file()
+    assert result.metrics["decompose test/agreement"] == 1.0
+    assert result.metrics["blackbox test/acc"] == result.metrics["decompose test/acc"]

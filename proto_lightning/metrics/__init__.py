@@ -1,0 +1,1 @@
+"""Metrics, each its own small module (DESIGN.md section 5)."""
