@@ -1,6 +1,6 @@
 """Per prototype of a post-hoc artifact: on which true part its heatmap peak lands, on its class's test images.
 
-    python experiments/part_peaks.py runs/demo/<date>/decompose/posthoc.pt --data data/parts
+python experiments/part_peaks.py runs/demo/<date>/decompose/posthoc.pt --data data/parts
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ def main() -> None:
     args = parser.parse_args()
     model = PostHocPrototypeNetwork.load(args.artifact)
     size = model.extras["image_size"]
-    datamodule = CUB200DataModule(args.data, image_size=size, val_fraction=0.1, mean=model.extras["mean"], std=model.extras["std"])
+    datamodule = CUB200DataModule(
+        args.data,
+        image_size=size,
+        val_fraction=0.1,
+        mean=model.extras["mean"],
+        std=model.extras["std"],
+    )
     datamodule.setup()
     names = datamodule.records.part_names
     radius = size / model.extras["map_size"][0]  # one feature cell
@@ -45,8 +51,12 @@ def main() -> None:
         part, share = modal_part_share(hits_t)
         shares.append(share)
         miss = float((hits_t < 0).float().mean())
-        print(f"{datamodule.records.class_names[c][:29]:<30}{i:>6}  {names[part - 1] if part > 0 else '-':<12}{share:>7.0%}{miss:>9.0%}")
-    print(f"mean share on the modal part: {sum(shares) / len(shares):.0%} over {len(shares)} prototypes")
+        print(
+            f"{datamodule.records.class_names[c][:29]:<30}{i:>6}  {names[part - 1] if part > 0 else '-':<12}{share:>7.0%}{miss:>9.0%}"
+        )
+    print(
+        f"mean share on the modal part: {sum(shares) / len(shares):.0%} over {len(shares)} prototypes"
+    )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,10 @@ STAGES = {
         "proto_lightning.stages.decompose:run_decompose",
         "post-hoc part-prototype network of a black box (blackbox_ckpt=...)",
     ),
+    "protopnet": (
+        "proto_lightning.stages.protopnet:run_protopnet",
+        "train the ProtoPNet baseline with the official schedule (push via FAISS)",
+    ),
     "demo": (
         "proto_lightning.stages.demo:run_demo",
         "quick-start: every stage on the generated part dataset",
@@ -50,6 +54,7 @@ examples:
   proto-lightning blackbox ckpt_path=runs/blackbox/<date>/checkpoints/last.ckpt   # resume
   proto-lightning test ckpt_path=runs/blackbox/<date>/checkpoints/last.ckpt
   proto-lightning decompose blackbox_ckpt=runs/blackbox/<date>/checkpoints/last.ckpt model.prototypes_per_class=3
+  proto-lightning protopnet data=cub model/backbone=resnet50
   proto-lightning blackbox --cfg job        # print the composed config
 """
 

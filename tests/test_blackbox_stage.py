@@ -125,10 +125,21 @@ def test_wandb_logger_runs_offline(stage_config):
 def test_demo_chains_the_stages(stage_config):
     from proto_lightning.stages.demo import run_demo
 
-    result = run_demo(stage_config("demo", "trainer.max_epochs=1"))
+    short = [
+        "protopnet.schedule.epochs=2",
+        "protopnet.schedule.warm_epochs=1",
+        "protopnet.schedule.last_layer_iterations=1",
+        "protopnet.prototypes_per_class=2",
+        "protopnet.prototype_dim=16",
+    ]
+    result = run_demo(stage_config("demo", "trainer.max_epochs=1", *short))
     assert (result.run_dir / "blackbox" / "checkpoints" / "last.ckpt").is_file()
     assert result.artifacts["decompose artifact"] == result.run_dir / "decompose" / "posthoc.pt"
     assert result.artifacts["decompose artifact"].is_file()
     assert (result.run_dir / "decompose" / "gallery" / "prototypes.png").is_file()
     assert result.metrics["decompose test/agreement"] == 1.0
     assert result.metrics["blackbox test/acc"] == result.metrics["decompose test/acc"]
+    assert (
+        result.run_dir / "protopnet" / "gallery" / "prototypes.png"
+    ).is_file()  # pushed at the end
+    assert "protopnet test/acc" in result.metrics

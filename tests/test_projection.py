@@ -36,9 +36,10 @@ def test_equals_brute_force(metric: str, restricted: bool):
     for start in range(0, len(features), 50):  # streaming adds in uneven chunks
         s = slice(start, start + 50)
         index.add(features[s], labels[s], rows[s], image_ids[s], locations[s])
-    found = index.search(queries, query_classes)
+    found = index.search(queries, query_classes, return_vectors=True)
     best = brute_force(queries, features, labels, query_classes, metric)
     winners = best.indices.numpy()
+    assert np.array_equal(found.vectors, features[winners])  # exact copies of the patches
     assert (found.rows == rows[winners]).all()
     assert (found.image_ids == image_ids[winners]).all()
     assert (found.locations == locations[winners]).all()

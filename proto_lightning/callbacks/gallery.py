@@ -33,6 +33,40 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
     return ((1 - alpha) * image + alpha * jet(normalised)).astype(np.uint8)
 
 
+def draw_prototype_grid(model, datamodule, path: Path, tile: int = 96) -> Path:
+    """One row per class, per prototype: its nearest push image with the high-activation box, and the crop.
+
+    `model` is any network answering num_classes, prototypes_per_class and nearest_patch(c, i)
+    (the post-hoc PPN and ProtoPNet both do).
+    """
+    C, k = model.num_classes, model.prototypes_per_class
+    push = datamodule.push_set
+    grid = Image.new("RGB", (2 * k * tile, C * (tile + 14)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c in range(C):
+        y = c * (tile + 14)
+        draw.text((2, y), datamodule.records.class_names[c][:40], fill="black")
+        for i in range(k):
+            patch = model.nearest_patch(c, i)
+            sample = push[int(np.searchsorted(push.rows, patch["row"]))]
+            image = to_uint8(sample["image"], datamodule.mean, datamodule.std)
+            y0, y1, x0, x1 = patch.get(
+                "high_activation_box", (0, image.shape[0], 0, image.shape[1])
+            )
+            framed = Image.fromarray(image)
+            ImageDraw.Draw(framed).rectangle(
+                [x0, y0, x1 - 1, y1 - 1], outline=(255, 255, 0), width=2
+            )
+            grid.paste(framed.resize((tile, tile)), (2 * i * tile, y + 14))
+            grid.paste(
+                Image.fromarray(image[y0:y1, x0:x1]).resize((tile, tile)),
+                ((2 * i + 1) * tile, y + 14),
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
 class PrototypeGalleryCallback(L.Callback):
     """After testing, write `prototypes.png` (class rows, prototype columns: nearest patch with its
     high-activation box, and the crop) and `heatmaps.png` (a few test images with the predicted
@@ -50,7 +84,7 @@ class PrototypeGalleryCallback(L.Callback):
         datamodule = trainer.datamodule
         self.out_dir.mkdir(parents=True, exist_ok=True)
         paths = [
-            self._prototype_grid(pl_module, datamodule),
+            draw_prototype_grid(pl_module, datamodule, self.out_dir / "prototypes.png", self.tile),
             self._heatmap_grid(pl_module, datamodule),
         ]
         log.info("prototype gallery written to %s", self.out_dir)
@@ -61,32 +95,6 @@ class PrototypeGalleryCallback(L.Callback):
 
     def _tile(self, array: np.ndarray) -> Image.Image:
         return Image.fromarray(array).resize((self.tile, self.tile), Image.BILINEAR)
-
-    def _prototype_grid(self, model, datamodule) -> Path:
-        C, k = model.num_classes, model.prototypes_per_class
-        push = datamodule.push_set
-        t = self.tile
-        grid = Image.new("RGB", (2 * k * t, C * (t + 14)), "white")
-        draw = ImageDraw.Draw(grid)
-        for c in range(C):
-            y = c * (t + 14)
-            draw.text((2, y), datamodule.records.class_names[c][:40], fill="black")
-            for i in range(k):
-                patch = model.nearest_patch(c, i)
-                sample = push[int(np.searchsorted(push.rows, patch["row"]))]
-                image = to_uint8(sample["image"], datamodule.mean, datamodule.std)
-                y0, y1, x0, x1 = patch.get(
-                    "high_activation_box", (0, image.shape[0], 0, image.shape[1])
-                )
-                framed = Image.fromarray(image)
-                ImageDraw.Draw(framed).rectangle(
-                    [x0, y0, x1 - 1, y1 - 1], outline=(255, 255, 0), width=2
-                )
-                grid.paste(framed.resize((t, t)), (2 * i * t, y + 14))
-                grid.paste(self._tile(image[y0:y1, x0:x1]), ((2 * i + 1) * t, y + 14))
-        path = self.out_dir / "prototypes.png"
-        grid.save(path)
-        return path
 
     @torch.no_grad()
     def _heatmap_grid(self, model, datamodule) -> Path:

@@ -22,7 +22,9 @@ def peak_locations(heatmaps: torch.Tensor) -> torch.Tensor:
 def assign_parts(peaks: torch.Tensor, keypoints: torch.Tensor, radius: float) -> torch.Tensor:
     """Peaks (N, 2) and keypoints (N, P, 4: part id, x, y, visible) -> part id hit (N,), -1 for none."""
     distance = (keypoints[:, :, 1:3] - peaks[:, None, :]).norm(dim=-1)  # (N, P)
-    distance = torch.where(keypoints[:, :, 3] > 0, distance, torch.full_like(distance, float("inf")))
+    distance = torch.where(
+        keypoints[:, :, 3] > 0, distance, torch.full_like(distance, float("inf"))
+    )
     nearest = distance.argmin(1)  # (N,)
     hit = distance.gather(1, nearest[:, None]).squeeze(1) <= radius
     part = keypoints[:, :, 0].gather(1, nearest[:, None]).squeeze(1).long()

@@ -35,6 +35,7 @@ class Projection:
     locations: np.ndarray  # (Q, 2) int64, (h, w) on the feature map
     distances: np.ndarray  # (Q,) float32; squared L2, or -inner product
     labels: np.ndarray  # (Q,) int64, class of the winning patch
+    vectors: np.ndarray | None = None  # (Q, D) float32, the winning patch vectors (exact copies)
 
     @classmethod
     def empty(cls, n: int) -> Projection:
@@ -51,10 +52,18 @@ class Projection:
         """Replace the entries selected by `mask` with those of `other` (same query order)."""
         for name in ("rows", "image_ids", "locations", "distances", "labels"):
             getattr(self, name)[mask] = getattr(other, name)[mask]
+        if other.vectors is not None:
+            if self.vectors is None:
+                self.vectors = np.zeros_like(other.vectors)
+            self.vectors[mask] = other.vectors[mask]
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         """Tensors for an artifact file."""
-        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in vars(self).items()}
+        return {
+            k: torch.from_numpy(np.ascontiguousarray(v))
+            for k, v in vars(self).items()
+            if v is not None
+        }
 
     @classmethod
     def from_dict(cls, state: dict[str, torch.Tensor]) -> Projection:
@@ -149,9 +158,15 @@ class NearestPatchIndex:
             self._flush()
 
     def search(
-        self, queries: torch.Tensor | np.ndarray, classes: np.ndarray | None = None
+        self,
+        queries: torch.Tensor | np.ndarray,
+        classes: np.ndarray | None = None,
+        return_vectors: bool = False,
     ) -> Projection:
-        """Nearest patch of each query (Q, D); with `classes` (Q,), only among patches of that class."""
+        """Nearest patch of each query (Q, D); with `classes` (Q,), only among patches of that class.
+
+        With `return_vectors`, the winning patch vectors come back exactly as they were added.
+        """
         queries = _as_float32(queries)
         self._flush()
         candidates = []
@@ -175,6 +190,9 @@ class NearestPatchIndex:
             found.locations[selected] = winners[:, 2:4]
             found.distances[selected] = scores[:, 0] if self.metric == "l2" else -scores[:, 0]
             found.labels[selected] = label
+            if return_vectors:
+                found.vectors = np.zeros((len(queries), self.dim), dtype=np.float32)
+                found.vectors[selected] = index.reconstruct_batch(ids[:, 0].astype(np.int64))
             candidates.append(found)
         return merge_nearest(candidates) if candidates else Projection.empty(len(queries))
 

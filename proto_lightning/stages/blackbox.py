@@ -10,13 +10,7 @@ from omegaconf import DictConfig
 
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models import BlackBoxClassifier
-from proto_lightning.stages.common import (
-    StageResult,
-    build_trainer,
-    checkpoint_dir,
-    logs_location,
-    start_run,
-)
+from proto_lightning.stages.common import StageResult, build_trainer, fit_and_test, start_run
 
 log = logging.getLogger(__name__)
 
@@ -24,27 +18,8 @@ log = logging.getLogger(__name__)
 def run_blackbox(cfg: DictConfig) -> StageResult:
     """Train the configured black box on the configured data; resume from `ckpt_path` if given."""
     run_dir, datamodule = start_run(cfg)
-    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(
-            f"ckpt_path={cfg.ckpt_path} does not exist; pass a .ckpt file of an earlier run"
-        )
     model: BlackBoxClassifier = instantiate(cfg.model, _convert_="all")
-    trainer = build_trainer(cfg)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    result = StageResult("blackbox", run_dir, metrics={"epochs": float(trainer.current_epoch)})
-    ckpt_dir = checkpoint_dir(trainer)
-    if ckpt_dir is not None:
-        result.artifacts["checkpoints"] = ckpt_dir
-        best = trainer.checkpoint_callback.best_model_path
-        if best:
-            result.artifacts["best checkpoint"] = Path(best)
-    if cfg.run_test:
-        metrics = trainer.test(
-            model, datamodule=datamodule, ckpt_path="best" if ckpt_dir else None, verbose=False
-        )
-        result.metrics["test/acc"] = float(metrics[0]["test/acc"])
-    result.artifacts["logs"] = logs_location(trainer)
-    return result
+    return fit_and_test(cfg, "blackbox", model, datamodule, run_dir, test_checkpoint="best")
 
 
 def run_test(cfg: DictConfig) -> StageResult:

@@ -16,6 +16,9 @@ from proto_lightning.data import PartDataModule
 
 log = logging.getLogger(__name__)
 
+# metrics of the fit worth reporting with a stage's result: epoch times, accuracy around a push
+FIT_METRIC_PREFIXES = ("time/", "push/", "val/acc")
+
 
 @dataclass
 class StageResult:
@@ -73,3 +76,39 @@ def logs_location(trainer: L.Trainer) -> Path:
     logger = trainer.logger
     folder = Path(getattr(logger, "log_dir", None) or logger.save_dir)
     return folder / "wandb" if type(logger).__name__ == "WandbLogger" else folder
+
+
+def fit_and_test(
+    cfg: DictConfig,
+    stage: str,
+    model: L.LightningModule,
+    datamodule: PartDataModule,
+    run_dir: Path,
+    test_checkpoint: str | None,
+    **trainer_overrides,
+) -> StageResult:
+    """Fit (resuming from `cfg.ckpt_path`), then test the `best` checkpoint or, with None, the final model."""
+    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={cfg.ckpt_path} does not exist; pass a .ckpt file of an earlier run"
+        )
+    trainer = build_trainer(cfg, **trainer_overrides)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    after_fit = {k: float(v) for k, v in trainer.callback_metrics.items()}  # test() resets them
+    result = StageResult(stage, run_dir, metrics={"epochs": float(trainer.current_epoch)})
+    result.metrics.update({k: v for k, v in after_fit.items() if k.startswith(FIT_METRIC_PREFIXES)})
+    ckpt_dir = checkpoint_dir(trainer)
+    if ckpt_dir is not None:
+        result.artifacts["checkpoints"] = ckpt_dir
+        if trainer.checkpoint_callback.best_model_path:
+            result.artifacts["best checkpoint"] = Path(trainer.checkpoint_callback.best_model_path)
+        if (ckpt_dir / "last.ckpt").is_file():
+            result.artifacts["last checkpoint"] = ckpt_dir / "last.ckpt"
+    if cfg.run_test:
+        use_best = test_checkpoint == "best" and ckpt_dir is not None
+        metrics = trainer.test(
+            model, datamodule=datamodule, ckpt_path="best" if use_best else None, verbose=False
+        )
+        result.metrics["test/acc"] = float(metrics[0]["test/acc"])
+    result.artifacts["logs"] = logs_location(trainer)
+    return result

@@ -1,4 +1,4 @@
-"""The quick-start: every stage in turn on the generated part dataset (black box, then decomposition)."""
+"""The quick-start: every stage in turn on the generated part dataset (black box, decomposition, ProtoPNet)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from proto_lightning.stages.blackbox import run_blackbox
 from proto_lightning.stages.common import StageResult
 from proto_lightning.stages.decompose import run_decompose
+from proto_lightning.stages.protopnet import run_protopnet
 
 
 def stage_config(cfg: DictConfig, stage: str, **replace) -> DictConfig:
@@ -36,8 +37,9 @@ def run_demo(cfg: DictConfig) -> StageResult:
             blackbox_ckpt=str(blackbox.artifacts["best checkpoint"]),
         )
     )
+    protopnet = run_protopnet(stage_config(cfg, "protopnet", model=cfg.protopnet))
     result = StageResult("demo", Path(cfg.run_dir))
-    for stage in (blackbox, decompose):
+    for stage in (blackbox, decompose, protopnet):
         result.artifacts.update({f"{stage.stage} {k}": v for k, v in stage.artifacts.items()})
         result.metrics.update(
             {f"{stage.stage} {k}": v for k, v in stage.metrics.items() if "/" in k}

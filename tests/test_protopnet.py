@@ -1,0 +1,237 @@
+"""ProtoPNet against hand computations: distances, losses, push, the official schedule and resume."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from proto_lightning.config import compose_config
+from proto_lightning.models.protopnet import TRAINABLE, ProtoPNet, ProtoPNetNet, add_on_layers
+from proto_lightning.models.protopnet_losses import cluster_cost, last_layer_l1, separation_cost
+from proto_lightning.models.protopnet_schedule import ProtoPNetSchedule
+from proto_lightning.stages.protopnet import run_protopnet
+from tests.conftest import fast_overrides
+from tests.helpers import KilledRun
+
+SHORT = [
+    "model.prototypes_per_class=2",
+    "model.prototype_dim=16",
+    "model.schedule.epochs=4",
+    "model.schedule.warm_epochs=1",
+    "model.schedule.push_start=2",
+    "model.schedule.push_every=2",
+    "model.schedule.last_layer_iterations=2",
+    "model.schedule.push_at_end=true",
+]
+
+
+def config(parts_root: Path, run_dir: Path, *overrides: str):
+    cfg = compose_config("protopnet", [*fast_overrides(parts_root, run_dir), *SHORT, *overrides])
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+        del cfg["hydra"]
+    return cfg
+
+
+def test_distances_equal_squared_cdist():
+    torch.manual_seed(0)
+    net = ProtoPNetNet("small_cnn", num_classes=3, prototypes_per_class=2, prototype_dim=8)
+    z = torch.rand(2, 8, 5, 4)  # add-on features (B, d, H, W)
+    d = net.l2_distances(z)  # (B, m, H, W)
+    patches = z.permute(0, 2, 3, 1).reshape(2, 20, 8)
+    reference = (
+        torch.cdist(patches, net.prototype_vectors.flatten(1).expand(2, -1, -1)) ** 2
+    )  # (B, HW, m)
+    assert torch.allclose(d.flatten(2).transpose(1, 2), reference, atol=1e-5)
+
+
+def test_forward_is_min_pool_log_similarity_and_identity_last_layer():
+    torch.manual_seed(1)
+    net = ProtoPNetNet("small_cnn", num_classes=3, prototypes_per_class=2, prototype_dim=8).eval()
+    x = torch.randn(2, 3, 32, 32)
+    logits, min_d = net(x)
+    d = net.l2_distances(net.conv_features(x))
+    assert torch.allclose(min_d, d.amin(dim=(2, 3)))
+    sim = torch.log((min_d + 1) / (min_d + 1e-4))
+    W = torch.tensor(
+        [
+            [1, 1, -0.5, -0.5, -0.5, -0.5],
+            [-0.5, -0.5, 1, 1, -0.5, -0.5],
+            [-0.5, -0.5, -0.5, -0.5, 1, 1],
+        ]
+    )
+    assert torch.equal(net.last_layer.weight, W) and net.last_layer.bias is None
+    assert torch.allclose(logits, sim @ W.T, atol=1e-5)
+
+
+def test_bottleneck_add_on_follows_the_official_halving():
+    layers = add_on_layers(512, 128, "bottleneck")
+    convs = [(m.in_channels, m.out_channels) for m in layers if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [(512, 256), (256, 256), (256, 128), (128, 128)]
+    assert isinstance(layers[-1], torch.nn.Sigmoid) and isinstance(layers[3], torch.nn.ReLU)
+    regular = add_on_layers(512, 128, "regular")
+    assert [type(m).__name__ for m in regular] == ["Conv2d", "ReLU", "Conv2d", "Sigmoid"]
+
+
+def test_losses_equal_their_definitions_in_plain_loops():
+    torch.manual_seed(2)
+    B, C, k = 5, 3, 2
+    m, max_dist = C * k, 4.0
+    min_d = torch.rand(B, m) * 5  # some beyond max_dist, where the official trick matters
+    labels = torch.tensor([0, 2, 1, 1, 0])
+    identity = torch.zeros(m, C)
+    identity[torch.arange(m), torch.arange(m) // k] = 1
+    clst = sep = 0.0
+    for b in range(B):
+        y = int(labels[b])
+        # official: max over all m of (max_dist - d) * mask, masked-out entries counting as 0
+        own = max((max_dist - float(min_d[b, j])) * (j // k == y) for j in range(m))
+        other = max((max_dist - float(min_d[b, j])) * (j // k != y) for j in range(m))
+        clst += (max_dist - own) / B
+        sep += (max_dist - other) / B
+    assert cluster_cost(min_d, labels, identity, max_dist).item() == pytest.approx(clst, abs=1e-5)
+    assert separation_cost(min_d, labels, identity, max_dist).item() == pytest.approx(sep, abs=1e-5)
+    W = torch.randn(C, m)
+    l1 = sum(abs(float(W[c, j])) for c in range(C) for j in range(m) if j // k != c)
+    assert last_layer_l1(W, identity).item() == pytest.approx(l1, rel=1e-5)
+
+
+def test_plan_matches_the_official_loop():
+    official = ProtoPNetSchedule()  # 1000 epochs, 5 warm, push at 10, 20, ..., 990, 20 iterations
+    plan = official.plan()
+    assert len(plan) == 1000 + 99 * 20
+    assert [s.phase for s in plan[:11]] == ["warm"] * 5 + ["joint"] * 6
+    assert [(s.phase, s.epoch, s.push) for s in plan[11:13]] == [
+        ("last", 10, True),
+        ("last", 10, False),
+    ]
+    assert plan[31].phase == "joint" and plan[31].epoch == 11
+    assert official.push_epochs()[:2] == [10, 20] and official.push_epochs()[-1] == 990
+
+
+def test_each_phase_trains_exactly_the_official_groups():
+    model = ProtoPNet({"name": "small_cnn"}, num_classes=3, prototypes_per_class=2, prototype_dim=8)
+    official = {  # train_and_test.py: warm_only, joint, last_only
+        "warm": (False, True, True, True),
+        "joint": (True, True, True, True),
+        "last": (False, False, False, True),
+    }
+    for phase, expected in official.items():
+        model.set_phase(phase)
+        groups = model.net.parameter_groups()
+        got = tuple(
+            all(p.requires_grad for p in groups[g])
+            for g in ("features", "add_on_layers", "prototype_vectors", "last_layer")
+        )
+        assert got == expected, phase
+        assert all(
+            not any(p.requires_grad for p in groups[g])
+            for g, on in TRAINABLE[phase].items()
+            if not on
+        )
+    warm, joint, last = model.configure_optimizers()[0]
+    ids = lambda opt: {id(p) for g in opt.param_groups for p in g["params"]}  # noqa: E731
+    groups = model.net.parameter_groups()
+    assert ids(warm) == {id(p) for g in ("add_on_layers", "prototype_vectors") for p in groups[g]}
+    assert ids(joint) == {
+        id(p) for g in ("features", "add_on_layers", "prototype_vectors") for p in groups[g]
+    }
+    assert ids(last) == {id(p) for p in groups["last_layer"]}
+
+
+def test_push_puts_every_prototype_on_its_nearest_own_class_patch(parts_root: Path):
+    from proto_lightning.data import CUB200DataModule
+
+    torch.manual_seed(0)
+    model = ProtoPNet(
+        {"name": "small_cnn"}, num_classes=4, prototypes_per_class=2, prototype_dim=16
+    ).eval()
+    dm = CUB200DataModule(parts_root, image_size=48, val_fraction=0.25, eval_batch_size=5)
+    dm.setup()
+    before = model.net.prototype_vectors.detach().flatten(1).clone()
+    projection = model.push(dm)
+    batch = next(iter(torch.utils.data.DataLoader(dm.push_set, batch_size=len(dm.push_set))))
+    with torch.no_grad():  # brute force over every push patch, recomputed in one batch
+        z = model.net.conv_features(batch["image"])  # (N, d, H, W)
+    N, d, H, W = z.shape
+    patches = z.permute(0, 2, 3, 1).reshape(N, H * W, d)
+    classes = model.net.class_identity.argmax(1)
+    for j, p in enumerate(model.net.prototype_vectors.detach().flatten(1)):
+        own = batch["label"] == classes[j]
+        candidates = patches[own].reshape(-1, d)
+        assert ((candidates - p) ** 2).sum(1).min() < 1e-10  # it is a patch of its class
+        nearest = int(
+            ((candidates - before[j]) ** 2).sum(1).argmin()
+        )  # nearest to the old prototype
+        img, loc = divmod(nearest, H * W)
+        assert int(batch["row"][own][img]) == projection.rows[j]
+        assert tuple(projection.locations[j]) == divmod(loc, W)
+    assert {"rf_boxes", "high_activation_boxes"} <= model.extras.keys()
+    assert model.nearest_patch(1, 0)["row"] == projection.rows[2]
+
+
+def test_stage_logs_accuracy_around_push_and_draws_the_gallery(parts_root: Path, tmp_path: Path):
+    result = run_protopnet(config(parts_root, tmp_path / "run"))
+    assert (result.run_dir / "gallery" / "prototypes.png").is_file()
+    assert {
+        "push/test_acc_before",
+        "push/test_acc_after",
+        "test/acc",
+        "time/epoch",
+    } <= result.metrics.keys()
+    saved = (result.run_dir / "config.yaml").read_text()
+    assert "max_epochs: 8" in saved  # 4 epochs + 2 pushes x 2 last-layer passes
+
+
+def test_killed_run_resumes_phase_epoch_and_optimizers(parts_root: Path, tmp_path: Path):
+    full = run_protopnet(config(parts_root, tmp_path / "full"))
+    reference = torch.load(full.artifacts["last checkpoint"], weights_only=False)
+    killed_cfg = config(
+        parts_root,
+        tmp_path / "killed",
+        "+callbacks.kill._target_=tests.helpers.RaiseAtEpoch",
+        "+callbacks.kill.epoch=4",
+    )
+    with pytest.raises(
+        KilledRun
+    ):  # plan: warm, joint, joint, last(push), last, joint, last(push), last
+        run_protopnet(killed_cfg)
+    last = Path(killed_cfg.run_dir) / "checkpoints" / "last.ckpt"
+    mid = torch.load(last, weights_only=False)
+    assert (
+        mid["epoch"] == 3 and "protopnet_push" in mid
+    )  # in the last-layer phase, after the first push
+    resumed = run_protopnet(config(parts_root, tmp_path / "resumed", f"ckpt_path={last}"))
+    final = torch.load(resumed.artifacts["last checkpoint"], weights_only=False)
+    assert final["epoch"] == reference["epoch"] == 7
+    for opt_final, opt_ref in zip(
+        final["optimizer_states"], reference["optimizer_states"], strict=True
+    ):
+        steps = [s["step"] for s in opt_final["state"].values()]
+        assert steps == [
+            s["step"] for s in opt_ref["state"].values()
+        ]  # every optimizer carried its state
+    assert final["lr_schedulers"][0]["last_epoch"] == reference["lr_schedulers"][0]["last_epoch"]
+
+
+def test_checkpoint_of_another_layout_is_refused(parts_root: Path, tmp_path: Path):
+    from proto_lightning.errors import IncompatibleWeightsError
+
+    first = run_protopnet(
+        config(
+            parts_root,
+            tmp_path / "a",
+            "model.schedule.epochs=1",
+            "model.schedule.push_at_end=false",
+        )
+    )
+    with pytest.raises(IncompatibleWeightsError, match="prototypes_per_class"):
+        run_protopnet(
+            config(
+                parts_root,
+                tmp_path / "b",
+                "model.prototypes_per_class=3",
+                f"ckpt_path={first.artifacts['last checkpoint']}",
+            )
+        )
