@@ -33,6 +33,10 @@ STAGES = {
         "proto_lightning.stages.protopnet:run_protopnet",
         "train the ProtoPNet baseline with the official schedule (push via FAISS)",
     ),
+    "evaluate": (
+        "proto_lightning.stages.evaluate:run_evaluate",
+        "post-hoc PPN vs ProtoPNet vs Grad-CAM vs LIME: results.md/.csv, figures (from_run=... or paths)",
+    ),
     "demo": (
         "proto_lightning.stages.demo:run_demo",
         "quick-start: every stage on the generated part dataset",

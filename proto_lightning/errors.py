@@ -22,3 +22,7 @@ class ConfigKeyError(ProtoLightningError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the message quoted
         return str(self.args[0])
+
+
+class MissingArtifactError(ProtoLightningError, FileNotFoundError):
+    """An output of an earlier stage is missing; the message names the stage that makes it."""

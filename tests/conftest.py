@@ -49,3 +49,33 @@ def stage_config(parts_root: Path, tmp_path: Path):
         return cfg
 
     return build
+
+
+# the demo chain at toy sizes: every stage, seconds on CPU
+TINY_DEMO = [
+    "trainer.max_epochs=1",
+    "protopnet.schedule.epochs=2",
+    "protopnet.schedule.warm_epochs=1",
+    "protopnet.schedule.last_layer_iterations=1",
+    "protopnet.prototypes_per_class=2",
+    "protopnet.prototype_dim=16",
+    "evaluation.faithfulness.images=6",
+    "evaluation.faithfulness.steps=8",
+    "evaluation.lime.samples=20",
+    "evaluation.lime.segments=10",
+    "evaluation.bootstrap.resamples=50",
+    "evaluation.figures.images=2",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(parts_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One run of the whole demo chain on the tiny dataset, shared by the tests that read its outputs."""
+    from proto_lightning.stages.demo import run_demo
+
+    run = tmp_path_factory.mktemp("demo") / "run"
+    cfg = compose_config("demo", [*fast_overrides(parts_root, run), *TINY_DEMO])
+    with open_dict(cfg):
+        cfg.run_dir = str(run)
+        del cfg["hydra"]
+    return run_demo(cfg)

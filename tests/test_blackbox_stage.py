@@ -122,17 +122,8 @@ def test_wandb_logger_runs_offline(stage_config):
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
 
 
-def test_demo_chains_the_stages(stage_config):
-    from proto_lightning.stages.demo import run_demo
-
-    short = [
-        "protopnet.schedule.epochs=2",
-        "protopnet.schedule.warm_epochs=1",
-        "protopnet.schedule.last_layer_iterations=1",
-        "protopnet.prototypes_per_class=2",
-        "protopnet.prototype_dim=16",
-    ]
-    result = run_demo(stage_config("demo", "trainer.max_epochs=1", *short))
+def test_demo_chains_the_stages(tiny_demo):
+    result = tiny_demo
     assert (result.run_dir / "blackbox" / "checkpoints" / "last.ckpt").is_file()
     assert result.artifacts["decompose artifact"] == result.run_dir / "decompose" / "posthoc.pt"
     assert result.artifacts["decompose artifact"].is_file()
@@ -143,3 +134,4 @@ def test_demo_chains_the_stages(stage_config):
         result.run_dir / "protopnet" / "gallery" / "prototypes.png"
     ).is_file()  # pushed at the end
     assert "protopnet test/acc" in result.metrics
+    assert (result.run_dir / "evaluate" / "results.md").is_file()

@@ -7,6 +7,7 @@ import torch
 from omegaconf import open_dict
 
 from proto_lightning.config import compose_config
+from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.protopnet import TRAINABLE, ProtoPNet, ProtoPNetNet, add_on_layers
 from proto_lightning.models.protopnet_losses import cluster_cost, last_layer_l1, separation_cost
 from proto_lightning.models.protopnet_schedule import ProtoPNetSchedule
@@ -234,4 +235,32 @@ def test_checkpoint_of_another_layout_is_refused(parts_root: Path, tmp_path: Pat
                 "model.prototypes_per_class=3",
                 f"ckpt_path={first.artifacts['last checkpoint']}",
             )
+        )
+
+
+def test_backbone_starts_from_a_black_box_of_the_same_architecture(tmp_path):
+    from proto_lightning.models import BlackBoxClassifier
+
+    torch.manual_seed(3)
+    source = BlackBoxClassifier(
+        {"name": "small_cnn"}, num_classes=3, optimizer={"name": "adamw", "lr": 1e-3}
+    )
+    ckpt = tmp_path / "bb.ckpt"
+    torch.save({"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams)}, ckpt)
+    model = ProtoPNet(
+        {"name": "small_cnn"},
+        num_classes=3,
+        prototypes_per_class=2,
+        prototype_dim=8,
+        init_from_blackbox=str(ckpt),
+    )
+    for name, value in source.net.backbone.state_dict().items():
+        assert torch.equal(model.net.backbone.state_dict()[name], value)
+    with pytest.raises(IncompatibleWeightsError, match="same model/backbone"):
+        ProtoPNet(
+            {"name": "resnet18"},
+            num_classes=3,
+            prototypes_per_class=2,
+            prototype_dim=8,
+            init_from_blackbox=str(ckpt),
         )

@@ -33,6 +33,19 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
     return ((1 - alpha) * image + alpha * jet(normalised)).astype(np.uint8)
 
 
+def nearest_patch_image(
+    model, datamodule, label: int, i: int
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The push image (H, W, 3) uint8 prototype i of class `label` was projected onto, and its
+    high-activation box (y0, y1, x0, x1; the whole image when none was recorded)."""
+    patch = model.nearest_patch(label, i)
+    push = datamodule.push_set
+    sample = push[int(np.searchsorted(push.rows, patch["row"]))]
+    image = to_uint8(sample["image"], datamodule.mean, datamodule.std)
+    box = patch.get("high_activation_box", (0, image.shape[0], 0, image.shape[1]))
+    return image, tuple(int(v) for v in box)
+
+
 def draw_prototype_grid(model, datamodule, path: Path, tile: int = 96) -> Path:
     """One row per class, per prototype: its nearest push image with the high-activation box, and the crop.
 
@@ -40,19 +53,13 @@ def draw_prototype_grid(model, datamodule, path: Path, tile: int = 96) -> Path:
     (the post-hoc PPN and ProtoPNet both do).
     """
     C, k = model.num_classes, model.prototypes_per_class
-    push = datamodule.push_set
     grid = Image.new("RGB", (2 * k * tile, C * (tile + 14)), "white")
     draw = ImageDraw.Draw(grid)
     for c in range(C):
         y = c * (tile + 14)
         draw.text((2, y), datamodule.records.class_names[c][:40], fill="black")
         for i in range(k):
-            patch = model.nearest_patch(c, i)
-            sample = push[int(np.searchsorted(push.rows, patch["row"]))]
-            image = to_uint8(sample["image"], datamodule.mean, datamodule.std)
-            y0, y1, x0, x1 = patch.get(
-                "high_activation_box", (0, image.shape[0], 0, image.shape[1])
-            )
+            image, (y0, y1, x0, x1) = nearest_patch_image(model, datamodule, c, i)
             framed = Image.fromarray(image)
             ImageDraw.Draw(framed).rectangle(
                 [x0, y0, x1 - 1, y1 - 1], outline=(255, 255, 0), width=2

@@ -13,6 +13,7 @@ import logging
 import re
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -24,6 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.backbones import build_backbone
+from proto_lightning.models.blackbox import BlackBoxClassifier
 from proto_lightning.models.protopnet_losses import cluster_cost, last_layer_l1, separation_cost
 from proto_lightning.models.protopnet_schedule import ProtoPNetSchedule, Step
 from proto_lightning.prototypes.boxes import high_activation_box, receptive_field_boxes
@@ -170,6 +172,7 @@ class ProtoPNet(L.LightningModule):
         optimizer: Mapping[str, Any] | None = None,
         schedule: Mapping[str, Any] | None = None,
         push: Mapping[str, Any] | None = None,
+        init_from_blackbox: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -184,6 +187,8 @@ class ProtoPNet(L.LightningModule):
             epsilon,
             incorrect_class_connection,
         )
+        if init_from_blackbox is not None:
+            self.init_backbone_from(init_from_blackbox)
         self.loss_weights = {
             "cross_entropy": 1.0,
             "cluster": 0.8,
@@ -210,6 +215,17 @@ class ProtoPNet(L.LightningModule):
                 for s in ("train", "val", "test")
             }
         )
+
+    def init_backbone_from(self, blackbox_ckpt: str | Path) -> None:
+        """Start the backbone from a trained black box's, as the official code starts from pretrained weights."""
+        source = BlackBoxClassifier.load_checkpoint(blackbox_ckpt).net.backbone
+        if source.name != self.net.backbone.name:
+            raise IncompatibleWeightsError(
+                f"init_from_blackbox={blackbox_ckpt} has backbone {source.name!r}, this ProtoPNet "
+                f"{self.net.backbone.name!r}: choose the same model/backbone"
+            )
+        self.net.backbone.load_state_dict(source.state_dict())
+        log.info("ProtoPNet backbone initialised from the black box %s", blackbox_ckpt)
 
     # ---- what downstream code (gallery, evaluation) reads, same as PostHocPrototypeNetwork -----
     @property
@@ -375,6 +391,37 @@ class ProtoPNet(L.LightningModule):
                 "projection": self.projection.to_dict(),
                 "extras": self.extras,
             }
+
+    @classmethod
+    def load_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> ProtoPNet:
+        """Load a ProtoPNet checkpoint (weights and last push) with a clear error for a missing or foreign file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"ProtoPNet checkpoint {path} does not exist; train one with `proto-lightning protopnet`"
+            )
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as err:
+            raise IncompatibleWeightsError(
+                f"cannot read checkpoint {path} (truncated or not a torch file): {err}"
+            ) from err
+        params = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+        if (
+            not {"backbone", "num_classes", "prototypes_per_class", "prototype_dim"}
+            <= params.keys()
+        ):
+            raise IncompatibleWeightsError(
+                f"{path} is not a ProtoPNet checkpoint (hyper-parameters: {sorted(params)})"
+            )
+        weights_from_file = {
+            "backbone": {**params["backbone"], "weights": None},
+            "init_from_blackbox": None,
+        }
+        model = cls(**{**params, **weights_from_file})
+        model.on_load_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["state_dict"])
+        return model.eval()
 
     # ---- push -----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -10,7 +10,13 @@ from omegaconf import DictConfig
 
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models import BlackBoxClassifier
-from proto_lightning.stages.common import StageResult, build_trainer, fit_and_test, start_run
+from proto_lightning.stages.common import (
+    StageResult,
+    build_trainer,
+    finish_logging,
+    fit_and_test,
+    start_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +25,9 @@ def run_blackbox(cfg: DictConfig) -> StageResult:
     """Train the configured black box on the configured data; resume from `ckpt_path` if given."""
     run_dir, datamodule = start_run(cfg)
     model: BlackBoxClassifier = instantiate(cfg.model, _convert_="all")
-    return fit_and_test(cfg, "blackbox", model, datamodule, run_dir, test_checkpoint="best")
+    result = fit_and_test(cfg, "blackbox", model, datamodule, run_dir, test_checkpoint="best")
+    finish_logging(model.trainer.logger)
+    return result
 
 
 def run_test(cfg: DictConfig) -> StageResult:
@@ -33,6 +41,7 @@ def run_test(cfg: DictConfig) -> StageResult:
         )
     trainer = build_trainer(cfg)
     metrics = trainer.test(model, datamodule=datamodule, verbose=False)
+    finish_logging(trainer.logger)
     return StageResult(
         "test",
         run_dir,

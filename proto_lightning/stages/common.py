@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
+import torch
+import wandb
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, open_dict
 
@@ -112,3 +115,22 @@ def fit_and_test(
         result.metrics["test/acc"] = float(metrics[0]["test/acc"])
     result.artifacts["logs"] = logs_location(trainer)
     return result
+
+
+def stage_device(cfg: DictConfig) -> torch.device:
+    """The device a stage's own (non-Trainer) work runs on: CUDA when present unless the trainer asks for CPU."""
+    wants_cpu = str(cfg.trainer.get("accelerator", "auto")) == "cpu"
+    return torch.device("cuda" if torch.cuda.is_available() and not wants_cpu else "cpu")
+
+
+def finish_logging(logger: Logger | None) -> None:
+    """Close the stage's logger; a W&B run is finished so that the next stage of a chain gets its own run."""
+    if logger is None:
+        return
+    logger.finalize("success")
+    if (
+        type(logger).__name__ == "WandbLogger"
+        and rank_zero_only.rank == 0
+        and wandb.run is not None
+    ):
+        wandb.finish()

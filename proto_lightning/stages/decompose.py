@@ -18,14 +18,16 @@ from proto_lightning.prototypes.boxes import high_activation_box, receptive_fiel
 from proto_lightning.prototypes.decomposition import HeadDecomposition, decompose_head
 from proto_lightning.prototypes.features import FeatureStore, collect_features
 from proto_lightning.prototypes.projection import NearestPatchIndex, Projection
-from proto_lightning.stages.common import StageResult, build_trainer, logs_location, start_run
+from proto_lightning.stages.common import (
+    StageResult,
+    build_trainer,
+    finish_logging,
+    logs_location,
+    stage_device,
+    start_run,
+)
 
 log = logging.getLogger(__name__)
-
-
-def _device(cfg: DictConfig) -> torch.device:
-    wants_cpu = str(cfg.trainer.get("accelerator", "auto")) == "cpu"
-    return torch.device("cuda" if torch.cuda.is_available() and not wants_cpu else "cpu")
 
 
 def project_prototypes(
@@ -134,7 +136,7 @@ def run_decompose(cfg: DictConfig) -> StageResult:
             f"{datamodule.root} has {datamodule.num_classes}: decompose it on the dataset it was trained on"
         )
     settings = cfg.model
-    device = _device(cfg)
+    device = stage_device(cfg)
     net = blackbox.net.eval().requires_grad_(False).to(device)
     datamodule.setup("test")
     timings: dict[str, float] = {}
@@ -227,4 +229,5 @@ def run_decompose(cfg: DictConfig) -> StageResult:
     result.metrics.update({k: float(v) for k, v in metrics.items()})
     result.metrics.update(summary)
     result.metrics.update({f"time/{k}": v for k, v in timings.items()})
+    finish_logging(trainer.logger)
     return result

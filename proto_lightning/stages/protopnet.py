@@ -8,7 +8,7 @@ from omegaconf import DictConfig, open_dict
 from proto_lightning.callbacks import draw_prototype_grid
 from proto_lightning.models import ProtoPNet
 from proto_lightning.models.protopnet_schedule import ProtoPNetSchedule
-from proto_lightning.stages.common import StageResult, fit_and_test, start_run
+from proto_lightning.stages.common import StageResult, finish_logging, fit_and_test, start_run
 
 
 def run_protopnet(cfg: DictConfig) -> StageResult:
@@ -23,4 +23,5 @@ def run_protopnet(cfg: DictConfig) -> StageResult:
         result.artifacts["gallery"] = path
         if type(model.trainer.logger).__name__ == "WandbLogger":
             model.trainer.logger.log_image(key="protopnet/prototypes", images=[str(path)])
+    finish_logging(model.trainer.logger)
     return result

@@ -1,0 +1,88 @@
+"""Find and load what the evaluation compares: the black box, the post-hoc PPN and ProtoPNet.
+
+Paths come from the config (`blackbox_ckpt`, `posthoc`, `protopnet_ckpt`) or from a run folder of
+`make demo` / `proto-lightning demo` (`from_run`), whose stage sub-folders hold them. A missing
+file names the stage that makes it; a model of another class count than the data is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from proto_lightning.errors import IncompatibleWeightsError, MissingArtifactError
+from proto_lightning.models import BlackBoxClassifier, BlackBoxNet
+from proto_lightning.models.posthoc import PostHocPrototypeNetwork
+from proto_lightning.models.protopnet import ProtoPNet
+
+MAKES = {
+    "blackbox_ckpt": "proto-lightning blackbox",
+    "posthoc": "proto-lightning decompose blackbox_ckpt=<black-box checkpoint>",
+    "protopnet_ckpt": "proto-lightning protopnet",
+}
+
+
+@dataclass
+class Models:
+    """The evaluated models; the post-hoc PPN and ProtoPNet are optional."""
+
+    blackbox: BlackBoxNet
+    posthoc: PostHocPrototypeNetwork | None
+    protopnet: ProtoPNet | None
+    paths: dict[str, Path]
+
+
+def _from_run(run: Path) -> dict[str, Path]:
+    """The demo's stage outputs in a run folder; the best black-box checkpoint, ProtoPNet's final one."""
+    best = sorted((run / "blackbox" / "checkpoints").glob("best-*.ckpt"))
+    return {
+        "blackbox_ckpt": best[-1] if best else run / "blackbox" / "checkpoints" / "best-*.ckpt",
+        "posthoc": run / "decompose" / "posthoc.pt",
+        "protopnet_ckpt": run / "protopnet" / "checkpoints" / "last.ckpt",
+    }
+
+
+def locate(cfg: DictConfig) -> dict[str, Path]:
+    """Paths of the artifacts to evaluate; every one given must exist (the error names the stage to run)."""
+    if cfg.from_run is not None:
+        run = Path(cfg.from_run)
+        if not run.is_dir():
+            raise MissingArtifactError(f"from_run={run} is not a folder; run `make demo` first")
+        paths = _from_run(run)
+        paths.update({k: Path(cfg[k]) for k in MAKES if cfg.get(k) is not None})
+    else:
+        paths = {k: Path(cfg[k]) for k in MAKES if cfg.get(k) is not None}
+    if "blackbox_ckpt" not in paths:
+        raise MissingArtifactError(
+            "evaluate needs blackbox_ckpt=<checkpoint> or from_run=<demo run folder>"
+        )
+    for key, path in paths.items():
+        if not path.is_file():
+            raise MissingArtifactError(
+                f"{key}: {path} does not exist; make it with `{MAKES[key]}` (or pass {key}=<path>)"
+            )
+    return paths
+
+
+def _check_classes(name: str, path: Path, found: int, expected: int) -> None:
+    if found != expected:
+        raise IncompatibleWeightsError(
+            f"{name} {path} has {found} classes but the data has {expected}: "
+            "it was made on another dataset; evaluate it with the data it was trained on"
+        )
+
+
+def load_models(paths: dict[str, Path], num_classes: int) -> Models:
+    """Load every located model on CPU and check it classifies the data's classes."""
+    blackbox = BlackBoxClassifier.load_checkpoint(paths["blackbox_ckpt"]).net.eval()
+    _check_classes("black box", paths["blackbox_ckpt"], blackbox.head.out_features, num_classes)
+    posthoc = protopnet = None
+    if "posthoc" in paths:
+        posthoc = PostHocPrototypeNetwork.load(paths["posthoc"], blackbox=blackbox)
+        _check_classes("post-hoc artifact", paths["posthoc"], posthoc.num_classes, num_classes)
+    if "protopnet_ckpt" in paths:
+        protopnet = ProtoPNet.load_checkpoint(paths["protopnet_ckpt"])
+        _check_classes("ProtoPNet", paths["protopnet_ckpt"], protopnet.num_classes, num_classes)
+    return Models(blackbox, posthoc, protopnet, paths)

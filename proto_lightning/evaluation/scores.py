@@ -1,0 +1,126 @@
+"""Per-image measurements of each method: predictions, heatmaps and their cost, deletion/insertion, part coverage."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from proto_lightning.explainers.base import Explainer, PrototypeExplainer
+from proto_lightning.metrics.faithfulness import area_under_curve, causal_curves
+from proto_lightning.metrics.part_consistency import covered_parts, perturb, visible_parts
+
+
+@torch.no_grad()
+def predict(
+    classifier: Callable[[torch.Tensor], torch.Tensor], loader: Iterable, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 predictions and labels (N,) of a classifier over a loader."""
+    predictions, labels = [], []
+    for batch in loader:
+        predictions.append(classifier(batch["image"].to(device)).argmax(1).cpu())
+        labels.append(torch.as_tensor(batch["label"]))
+    return torch.cat(predictions).numpy(), torch.cat(labels).numpy()
+
+
+def explain_timed(
+    explainer: Explainer, images: torch.Tensor, targets: torch.Tensor, batch_size: int
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Heatmaps (N, H, W) on the CPU, and the wall-clock seconds each image's explanation took (N,)."""
+    heatmaps, seconds = [], []
+    for start in range(0, len(images), batch_size):
+        chunk = slice(start, start + batch_size)
+        begin = time.perf_counter()
+        maps = explainer.explain(images[chunk], targets[chunk])
+        if maps.is_cuda:
+            torch.cuda.synchronize(maps.device)
+        elapsed = time.perf_counter() - begin
+        heatmaps.append(maps.float().cpu())
+        seconds += [elapsed / len(maps)] * len(maps)
+    return torch.cat(heatmaps), np.asarray(seconds)
+
+
+@dataclass
+class Faithfulness:
+    """Deletion and insertion curves (N, T) of one method's heatmaps and their AUCs (N,)."""
+
+    deletion: torch.Tensor
+    insertion: torch.Tensor
+
+    @property
+    def deletion_auc(self) -> np.ndarray:
+        """Area under each deletion curve (lower is better)."""
+        return area_under_curve(self.deletion).numpy()
+
+    @property
+    def insertion_auc(self) -> np.ndarray:
+        """Area under each insertion curve (higher is better)."""
+        return area_under_curve(self.insertion).numpy()
+
+
+@torch.no_grad()
+def faithfulness(
+    explainer: Explainer,
+    images: torch.Tensor,
+    heatmaps: torch.Tensor,
+    targets: torch.Tensor,
+    settings: Mapping,
+) -> Faithfulness:
+    """Deletion (`deletion_substrate`) and insertion (`insertion_substrate`) curves on the explained classifier."""
+    heatmaps = heatmaps.to(images.device)
+    curves = {
+        mode: causal_curves(
+            explainer.classifier,
+            images,
+            heatmaps,
+            targets,
+            mode,
+            steps=settings["steps"],
+            substrate_kind=settings[f"{mode}_substrate"],
+            batch_size=settings["batch_size"],
+        ).cpu()
+        for mode in ("deletion", "insertion")
+    }
+    return Faithfulness(**curves)
+
+
+@dataclass
+class PartCoverage:
+    """For every test image and each of its true class's prototypes: the parts the region covers."""
+
+    covered: torch.Tensor  # (N, k, P) bool, clean images
+    covered_noisy: torch.Tensor  # (N, k, P) bool, images with the reference noise
+    visible: torch.Tensor  # (N, P) bool
+    labels: torch.Tensor  # (N,)
+
+
+@torch.no_grad()
+def part_coverage(
+    explainer: PrototypeExplainer,
+    loader: Iterable,
+    num_parts: int,
+    half_size: int,
+    noise_std: float,
+    noise_clip: float,
+    seed: int,
+    device: torch.device,
+) -> PartCoverage:
+    """Covered parts of each prototype of the true class on clean and noisy test images (EvalProtoPNet)."""
+    generator = torch.Generator().manual_seed(seed)
+    covered, noisy, visible, labels = [], [], [], []
+    for batch in loader:
+        images, classes = batch["image"].to(device), torch.as_tensor(batch["label"]).to(device)
+        keypoints = batch["keypoints"].to(device)
+        size = tuple(images.shape[-2:])
+        for out, x in (
+            (covered, images),
+            (noisy, perturb(images, noise_std, noise_clip, generator)),
+        ):
+            maps = explainer.prototype_maps(x, classes)  # (B, k, h, w)
+            out.append(covered_parts(maps, keypoints, num_parts, size, half_size).cpu())
+        visible.append(visible_parts(keypoints, num_parts).cpu())
+        labels.append(classes.cpu())
+    return PartCoverage(torch.cat(covered), torch.cat(noisy), torch.cat(visible), torch.cat(labels))

@@ -1,0 +1,16 @@
+"""Heatmap explainers behind one interface: Grad-CAM, LIME, the post-hoc PPN and ProtoPNet."""
+
+from proto_lightning.explainers.base import Explainer, PrototypeExplainer, to_input_size
+from proto_lightning.explainers.gradcam import GradCAMExplainer
+from proto_lightning.explainers.lime import LimeExplainer
+from proto_lightning.explainers.prototypes import PostHocExplainer, ProtoPNetExplainer
+
+__all__ = [
+    "Explainer",
+    "GradCAMExplainer",
+    "LimeExplainer",
+    "PostHocExplainer",
+    "PrototypeExplainer",
+    "ProtoPNetExplainer",
+    "to_input_size",
+]

@@ -1,0 +1,123 @@
+"""Consistency and stability of part-prototypes, with keypoint part annotations.
+
+Follows Huang et al., "Evaluation and Improvement of Interpretability for Self-Explainable
+Part-Prototype Networks" (CVPR 2023), and their code (hqhQAQ/EvalProtoPNet,
+util/eval_interpretability.py), exactly:
+
+- only a prototype's own class's test images count (the prototypes of each image's true class);
+- a prototype's activation map is upsampled to the input (bicubic, as cv2.INTER_CUBIC) and its
+  region is the box of half-size h around the first maximum (row-major), clipped to the image:
+  rows [max(0, y - h), min(S, y + h)], columns likewise, bounds inclusive; h = 36 at 224 pixels
+  (scaled with the input size here);
+- a visible part keypoint, at integer (truncated) input coordinates, is covered when it lies in
+  the region; an image's part mask marks its visible parts;
+- consistency: for each part, the share of the class's images on which the region covers it,
+  among the images where the part is visible (a part visible nowhere divides by one); a prototype
+  is consistent when some part reaches the threshold (0.8); the score is the share of consistent
+  prototypes;
+- stability: the same regions on the images with Gaussian noise (std 0.2, clipped to +-0.25, in
+  the normalised input space); a prototype's stability is the share of its class's images whose
+  covered-part set is unchanged; the score is the mean over prototypes.
+
+Scores are fractions in [0, 1] here (the reference multiplies by 100).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+REFERENCE_HALF_SIZE = 36  # pixels, at the reference's 224-pixel input
+REFERENCE_IMAGE_SIZE = 224
+
+
+def region_half_size(image_size: int, half_size: int | None = None) -> int:
+    """The region's half-size: given, or the reference's 36 px at 224 px scaled to `image_size`."""
+    if half_size is not None:
+        return int(half_size)
+    return round(REFERENCE_HALF_SIZE * image_size / REFERENCE_IMAGE_SIZE)
+
+
+def peak_pixels(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Activation maps (N, k, h, w) -> (N, k, 2) input-pixel (y, x) of each upsampled map's first maximum."""
+    N, k = activations.shape[:2]
+    up = F.interpolate(activations.float(), size=size, mode="bicubic", align_corners=False)
+    flat = up.flatten(2).argmax(dim=2)  # (N, k): first maximum in row-major order
+    return torch.stack([flat // size[1], flat % size[1]], dim=-1)
+
+
+def covered_parts(
+    activations: torch.Tensor,
+    keypoints: torch.Tensor,
+    num_parts: int,
+    size: tuple[int, int],
+    half_size: int,
+) -> torch.Tensor:
+    """Which parts each prototype's region covers on each image (N, k, P) bool.
+
+    activations (N, k, h, w); keypoints (N, P', 4) rows of (1-based part id, x, y, visible).
+    """
+    peaks = peak_pixels(activations, size)  # (N, k, 2)
+    y0 = (peaks[..., 0] - half_size).clamp(min=0)[..., None]  # (N, k, 1)
+    y1 = (peaks[..., 0] + half_size).clamp(max=size[0])[..., None]
+    x0 = (peaks[..., 1] - half_size).clamp(min=0)[..., None]
+    x1 = (peaks[..., 1] + half_size).clamp(max=size[1])[..., None]
+    px = keypoints[:, None, :, 1].floor()  # (N, 1, P')
+    py = keypoints[:, None, :, 2].floor()
+    visible = keypoints[:, None, :, 3] > 0
+    inside = (py >= y0) & (py <= y1) & (px >= x0) & (px <= x1) & visible  # (N, k, P')
+    part = (keypoints[:, :, 0].long() - 1).clamp(0, num_parts - 1)  # (N, P')
+    covered = torch.zeros(*inside.shape[:2], num_parts, dtype=torch.bool, device=inside.device)
+    return covered.scatter_reduce_(
+        2, part[:, None, :].expand_as(inside), inside, reduce="amax", include_self=True
+    )
+
+
+def visible_parts(keypoints: torch.Tensor, num_parts: int) -> torch.Tensor:
+    """Part mask (N, P) bool: the parts annotated as visible on each image."""
+    part = (keypoints[:, :, 0].long() - 1).clamp(0, num_parts - 1)
+    mask = torch.zeros(len(keypoints), num_parts, dtype=torch.bool, device=keypoints.device)
+    return mask.scatter_reduce_(1, part, keypoints[:, :, 3] > 0, reduce="amax", include_self=True)
+
+
+def part_frequencies(
+    covered: torch.Tensor, visible: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """Per class and prototype, each part's covered share among the class's images showing it (C, k, P)."""
+    hits = torch.zeros(num_classes, *covered.shape[1:], device=covered.device)
+    hits.index_add_(0, labels, covered.float())  # (C, k, P)
+    shown = torch.zeros(num_classes, visible.shape[1], device=covered.device)
+    shown.index_add_(0, labels, visible.float())  # (C, P)
+    return hits / shown.clamp(min=1)[:, None, :]
+
+
+def consistency(
+    covered: torch.Tensor,
+    visible: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    threshold: float = 0.8,
+) -> torch.Tensor:
+    """Per prototype (C, k) bool: does some part's covered share reach the threshold."""
+    return (part_frequencies(covered, visible, labels, num_classes) >= threshold).any(dim=-1)
+
+
+def stability(
+    covered: torch.Tensor, covered_noisy: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """Per prototype (C, k): share of its class's images whose covered parts are unchanged by noise (NaN: no image)."""
+    same = (covered == covered_noisy).all(dim=-1).float()  # (N, k)
+    kept = torch.zeros(num_classes, same.shape[1], device=same.device).index_add_(0, labels, same)
+    count = torch.bincount(labels, minlength=num_classes).float()  # (C,)
+    return kept / count[:, None]
+
+
+def perturb(
+    images: torch.Tensor,
+    std: float = 0.2,
+    eps: float = 0.25,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The reference's imperceptible noise: Gaussian of `std`, clipped to +-eps, added to normalised images."""
+    noise = torch.randn(images.shape, generator=generator, device="cpu").to(images.device) * std
+    return images + noise.clamp(-eps, eps)

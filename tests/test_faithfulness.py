@@ -1,0 +1,104 @@
+"""Deletion / insertion (Petsiuk et al. 2018): a curve worked by hand, a known-answer heatmap, batched == loop."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from proto_lightning.metrics.faithfulness import (
+    area_under_curve,
+    causal_curve_loop,
+    causal_curves,
+    step_counts,
+    substrate,
+)
+
+
+class RegionModel(nn.Module):
+    """logit_0 = weighted sum of channel 0 over a pixel mask, logit_1 = 0: it uses exactly those pixels."""
+
+    def __init__(self, mask: torch.Tensor, bias: float = 0.0) -> None:
+        super().__init__()
+        self.mask, self.bias = mask.float(), bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = (x[:, 0] * self.mask).flatten(1).sum(1) + self.bias
+        return torch.stack([s, torch.zeros_like(s)], dim=1)
+
+
+def sigmoid(v: float) -> float:
+    return 1 / (1 + math.exp(-v))
+
+
+def test_deletion_curve_worked_by_hand():
+    image = torch.zeros(1, 3, 2, 2)
+    image[0, 0] = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    heatmap = torch.tensor([[[4.0, 3.0], [2.0, 1.0]]])  # delete (0,0), (0,1), (1,0), (1,1) in turn
+    model = RegionModel(torch.ones(2, 2))
+    curve = causal_curves(model, image, heatmap, torch.tensor([0]), "deletion", steps=4)
+    # softmax([s, 0])[0] = sigmoid(s), s = 10, 9, 7, 4, 0 as pixels go to zero
+    expected = [sigmoid(s) for s in (10, 9, 7, 4, 0)]
+    assert torch.allclose(curve[0], torch.tensor(expected), atol=1e-6)
+    auc = 0.25 * (sum(expected) - expected[0] / 2 - expected[-1] / 2)
+    assert area_under_curve(curve).item() == pytest.approx(auc, abs=1e-6)
+    # insertion from zeros: the reverse path, s = 0, 1, 3, 6, 10
+    insertion = causal_curves(model, image, heatmap, torch.tensor([0]), "insertion", 4, "zero")
+    assert torch.allclose(insertion[0], torch.tensor([sigmoid(s) for s in (0, 1, 3, 6, 10)]))
+
+
+def test_step_counts_follow_rise():
+    assert step_counts(10, 4).tolist() == [0, 3, 6, 9, 10]  # ceil(10 / 4) = 3 pixels per step
+    assert step_counts(224 * 224, 224).tolist()[:3] == [0, 224, 448]
+
+
+@pytest.mark.parametrize("insertion_substrate", ["zero", "blur", "mean"])
+def test_heatmap_on_the_used_pixels_beats_its_reverse(insertion_substrate):
+    torch.manual_seed(0)
+    H = W = 16
+    used = torch.zeros(H, W, dtype=torch.bool)
+    used[3:8, 9:14] = True  # the model reads only these pixels
+    model = RegionModel(used, bias=-40.0)  # saturates only when the region is intact
+    images = torch.rand(4, 3, H, W)
+    images[:, 0] = 0.0
+    images[:, 0][:, used] = 2.0 + 0.1 * torch.rand(4, int(used.sum()))
+    truth = used.float()[None].expand(4, H, W) + 0.01 * torch.rand(4, H, W)
+    targets = torch.zeros(4, dtype=torch.long)
+
+    def aucs(heatmaps, mode, kind):
+        return area_under_curve(causal_curves(model, images, heatmaps, targets, mode, 32, kind))
+
+    assert (aucs(truth, "deletion", "zero") < aucs(-truth, "deletion", "zero")).all()
+    assert (
+        aucs(truth, "insertion", insertion_substrate)
+        > aucs(-truth, "insertion", insertion_substrate)
+    ).all()
+
+
+@pytest.mark.parametrize("mode", ["deletion", "insertion"])
+@pytest.mark.parametrize("kind", ["zero", "blur", "mean"])
+def test_batched_curves_equal_the_reference_loop(mode, kind):
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 5),
+    ).eval()
+    images, heatmaps = torch.randn(3, 3, 12, 12), torch.rand(3, 12, 12)
+    heatmaps[0, :4] = 0.5  # ties: both keep raster order
+    targets = torch.tensor([0, 3, 4])
+    batched = causal_curves(model, images, heatmaps, targets, mode, 20, kind, batch_size=7)
+    for b in range(3):
+        loop = causal_curve_loop(model, images[b], heatmaps[b], int(targets[b]), mode, 20, kind)
+        assert torch.allclose(batched[b], loop, atol=1e-6)
+
+
+def test_substrates():
+    images = torch.rand(2, 3, 20, 20)
+    assert substrate(images, "zero").abs().sum() == 0
+    assert torch.allclose(substrate(images, "mean")[:, :, 5, 7], images.mean(dim=(2, 3)))
+    assert substrate(images, "blur").std() < images.std()  # smoothed
+    with pytest.raises(ValueError, match="unknown substrate"):
+        substrate(images, "noise")
