@@ -109,8 +109,9 @@ def test_stability_is_one_without_noise_and_drops_with_noise():
             "image": torch.randn(8, 3, S, S, generator=g),
             "label": torch.arange(8) % 2,
             "keypoints": random_keypoints(8, 4, g),
+            "row": torch.arange(8) + 8 * i,
         }
-        for _ in range(n // 8)
+        for i in range(n // 8)
     ]
     explainer = ConvPrototypes()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from proto_lightning.data.dataset import PartImageDataset
 from proto_lightning.data.images import load_rgb
@@ -142,7 +142,7 @@ class PartDataModule(L.LightningDataModule):
             len(test_rows),
         )
 
-    def _loader(self, dataset: PartImageDataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -164,9 +164,18 @@ class PartDataModule(L.LightningDataModule):
         """Test batches."""
         return self._loader(self.test_set, train=False)
 
-    def push_dataloader(self) -> DataLoader:
-        """Training images without augmentation, in a fixed order (for prototype projection)."""
-        return self._loader(self.push_set, train=False)
+    def subset_loader(self, dataset: Dataset, indices: Sequence[int]) -> DataLoader:
+        """An evaluation loader (no shuffling, no augmentation) over some items of a split, in order."""
+        return self._loader(Subset(dataset, list(indices)), train=False)
+
+    def push_dataloader(self, classes: Sequence[int] | None = None) -> DataLoader:
+        """Training images without augmentation, in a fixed order (for prototype projection);
+        with `classes`, only those classes' images (a DDP rank's share)."""
+        if classes is None:
+            return self._loader(self.push_set, train=False)
+        return self.subset_loader(
+            self.push_set, np.flatnonzero(np.isin(self.push_set.labels, classes))
+        )
 
 
 class CUB200DataModule(PartDataModule):

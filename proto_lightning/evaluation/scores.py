@@ -109,16 +109,15 @@ def part_coverage(
     device: torch.device,
 ) -> PartCoverage:
     """Covered parts of each prototype of the true class on clean and noisy test images (EvalProtoPNet)."""
-    generator = torch.Generator().manual_seed(seed)
     covered, noisy, visible, labels = [], [], [], []
     for batch in loader:
         images, classes = batch["image"].to(device), torch.as_tensor(batch["label"]).to(device)
         keypoints = batch["keypoints"].to(device)
         size = tuple(images.shape[-2:])
-        for out, x in (
-            (covered, images),
-            (noisy, perturb(images, noise_std, noise_clip, generator)),
-        ):
+        seeds = [
+            seed * 1_000_003 + int(row) for row in batch["row"]
+        ]  # per image: any batching agrees
+        for out, x in ((covered, images), (noisy, perturb(images, noise_std, noise_clip, seeds))):
             maps = explainer.prototype_maps(x, classes)  # (B, k, h, w)
             out.append(covered_parts(maps, keypoints, num_parts, size, half_size).cpu())
         visible.append(visible_parts(keypoints, num_parts).cpu())

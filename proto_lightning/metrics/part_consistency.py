@@ -24,6 +24,8 @@ Scores are fractions in [0, 1] here (the reference multiplies by 100).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -112,12 +114,14 @@ def stability(
     return kept / count[:, None]
 
 
-def perturb(
-    images: torch.Tensor,
-    std: float = 0.2,
-    eps: float = 0.25,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """The reference's imperceptible noise: Gaussian of `std`, clipped to +-eps, added to normalised images."""
-    noise = torch.randn(images.shape, generator=generator, device="cpu").to(images.device) * std
-    return images + noise.clamp(-eps, eps)
+def perturb(images: torch.Tensor, std: float, eps: float, seeds: Sequence[int]) -> torch.Tensor:
+    """The reference's imperceptible noise: Gaussian of `std`, clipped to +-eps, added to normalised
+    images (B, 3, H, W); image b's noise comes from its own generator seeded with seeds[b], so it does
+    not depend on batching or on how images are split over ranks."""
+    noise = torch.stack(
+        [
+            torch.randn(images.shape[1:], generator=torch.Generator().manual_seed(int(s)))
+            for s in seeds
+        ]
+    )
+    return images + (noise * std).clamp(-eps, eps).to(images.device)

@@ -24,7 +24,8 @@ the even split beta_i = 1/k, and the best point it returns is never worse than t
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -50,6 +51,11 @@ class HeadDecomposition:
     objective_even: torch.Tensor  # (C,) J at beta = 1/k
     objective_refined: torch.Tensor  # (C,) J at the chosen beta
     nmf_objective: torch.Tensor  # (C,) 0.5 ||F_c - E P||^2
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[HeadDecomposition]) -> HeadDecomposition:
+        """Join decompositions of consecutive class ranges (DDP ranks' shares) in order."""
+        return cls(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls)})
 
     def relative_head_error(self, V: torch.Tensor) -> float:
         """||V - V~||_F / ||V||_F with V~_c = sum_i p~_i."""
@@ -152,8 +158,14 @@ def decompose_head(
     beta_bound: float = 1.0,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    batches: Sequence[int] | None = None,
 ) -> HeadDecomposition:
-    """Discover (NMF), fit (least squares) and refine (residual distribution) k prototypes per class."""
+    """Discover (NMF), fit (least squares) and refine (residual distribution) k prototypes per class.
+
+    Classes are processed in batches of `classes_per_batch` (NMF batched over them, seeded per
+    batch); `batches` selects which batches to do (a DDP rank's share), None for all; the result
+    holds the selected classes, in order.
+    """
     if refine_objective not in OBJECTIVES:
         raise ValueError(
             f"refinement objective must be one of {OBJECTIVES}, got {refine_objective!r}"
@@ -161,6 +173,8 @@ def decompose_head(
     C, D = V.shape
     out = {name: [] for name in ("P", "alpha", "beta", "res", "even", "refined", "nmf")}
     for first in range(0, C, classes_per_batch):
+        if batches is not None and first // classes_per_batch not in batches:
+            continue
         classes = range(first, min(C, first + classes_per_batch))
         slices = [torch.from_numpy(np.asarray(store.class_slice(c))) for c in classes]
         n_max = max(len(s) for s in slices)

@@ -11,13 +11,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from proto_lightning.config import resolved_container
+from proto_lightning.distributed import barrier, contiguous_share, gather_objects, launch
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models import BlackBoxClassifier, BlackBoxNet
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
 from proto_lightning.prototypes.boxes import high_activation_box, receptive_field_boxes
 from proto_lightning.prototypes.decomposition import HeadDecomposition, decompose_head
 from proto_lightning.prototypes.features import FeatureStore, collect_features
-from proto_lightning.prototypes.projection import NearestPatchIndex, Projection
+from proto_lightning.prototypes.projection import NearestPatchIndex, Projection, all_reduce_nearest
 from proto_lightning.stages.common import (
     StageResult,
     build_trainer,
@@ -136,50 +137,69 @@ def run_decompose(cfg: DictConfig) -> StageResult:
             f"{datamodule.root} has {datamodule.num_classes}: decompose it on the dataset it was trained on"
         )
     settings = cfg.model
-    device = stage_device(cfg)
+    fabric = launch(cfg.trainer)
+    rank, world = fabric.global_rank, fabric.world_size
+    device = fabric.device if world > 1 else stage_device(cfg)
     net = blackbox.net.eval().requires_grad_(False).to(device)
     datamodule.setup("test")
+    C, cpb = datamodule.num_classes, settings.nmf.classes_per_batch
+    # a rank's share: whole NMF class batches, contiguous, so results are those of one process
+    batches = contiguous_share(-(-C // cpb), rank, world).tolist()
+    classes = [c for b in batches for c in range(b * cpb, min(C, (b + 1) * cpb))]
     timings: dict[str, float] = {}
+    V, b = net.head.weight.detach().cpu(), net.head.bias.detach().cpu()
 
     start = time.perf_counter()
-    store = collect_features(
-        net.features,
-        datamodule.push_dataloader(),
-        datamodule.push_set.labels,
-        datamodule.num_classes,
-        settings.feature_store.ram_budget_gb,
-        Path(settings.feature_store.spill_dir or run_dir),
-        device,
-    )
+    store = None
+    if classes:
+        store = collect_features(
+            net.features,
+            datamodule.push_dataloader(classes if world > 1 else None),
+            datamodule.push_set.labels[np.isin(datamodule.push_set.labels, classes)],
+            C,
+            settings.feature_store.ram_budget_gb,
+            Path(settings.feature_store.spill_dir or run_dir)
+            / (f"rank{rank}" if world > 1 else ""),
+            device,
+        )
     timings["features"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    V, b = net.head.weight.detach().cpu(), net.head.bias.detach().cpu()
-    decomposition = decompose_head(
-        store,
-        V,
-        settings.prototypes_per_class,
-        nmf_max_iter=settings.nmf.max_iter,
-        nmf_tol=settings.nmf.tol,
-        classes_per_batch=settings.nmf.classes_per_batch,
-        refine_objective=settings.refinement.objective,
-        refine_max_iter=settings.refinement.max_iter,
-        refine_tol=settings.refinement.tol,
-        refine_constraint=settings.refinement.constraint,
-        beta_bound=settings.refinement.beta_bound,
-        seed=cfg.seed,
-        device=device,
+    local = None
+    if classes:
+        local = decompose_head(
+            store,
+            V,
+            settings.prototypes_per_class,
+            nmf_max_iter=settings.nmf.max_iter,
+            nmf_tol=settings.nmf.tol,
+            classes_per_batch=cpb,
+            refine_objective=settings.refinement.objective,
+            refine_max_iter=settings.refinement.max_iter,
+            refine_tol=settings.refinement.tol,
+            refine_constraint=settings.refinement.constraint,
+            beta_bound=settings.refinement.beta_bound,
+            seed=cfg.seed,
+            device=device,
+            batches=batches,
+        )
+    decomposition = HeadDecomposition.concatenate(
+        [p for p in gather_objects(local) if p is not None]
     )
     timings["nmf+refinement"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    projection = project_prototypes(
-        store,
-        decomposition.prototypes,
-        settings.projection.metric,
-        settings.projection.class_restricted,
-        settings.projection.device,
-    )
+    projection = all_reduce_nearest(
+        project_prototypes(
+            store,
+            decomposition.prototypes,
+            settings.projection.metric,
+            settings.projection.class_restricted,
+            settings.projection.device,
+        )
+        if store is not None
+        else Projection.empty(C * settings.prototypes_per_class)
+    )  # each rank searched its share of the patches: min-reduce
     rf, high = winner_boxes(
         net,
         datamodule,
@@ -208,14 +228,17 @@ def run_decompose(cfg: DictConfig) -> StageResult:
         "std": datamodule.std,
     }
     model = PostHocPrototypeNetwork(net.cpu(), decomposition.prototypes, b, projection, extras)
-    artifact = model.save(
-        run_dir / "posthoc.pt",
-        {
-            "blackbox_ckpt": str(Path(cfg.blackbox_ckpt).resolve()),
-            "config": OmegaConf.to_yaml(resolved_container(cfg)),
-            "timings": timings,
-        },
-    )
+    artifact = run_dir / "posthoc.pt"
+    if rank == 0:
+        artifact = model.save(
+            run_dir / "posthoc.pt",
+            {
+                "blackbox_ckpt": str(Path(cfg.blackbox_ckpt).resolve()),
+                "config": OmegaConf.to_yaml(resolved_container(cfg)),
+                "timings": timings,
+            },
+        )
+    barrier()
 
     trainer = build_trainer(cfg)
     summary = log_decomposition(decomposition, V, trainer.logger)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import fields, is_dataclass
 from functools import partial
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from omegaconf import DictConfig
 
 from proto_lightning.callbacks.gallery import draw_prototype_grid, nearest_patch_image, to_uint8
 from proto_lightning.config import resolved_container
+from proto_lightning.distributed import barrier, contiguous_share, gather_objects, launch
 from proto_lightning.evaluation.artifacts import Models, load_models, locate
 from proto_lightning.evaluation.figures import PrototypeTerm, curves_figure, explanation_figure
 from proto_lightning.evaluation.scores import (
@@ -88,6 +90,7 @@ def part_scores(
     }
 
 
+@torch.no_grad()
 def protopnet_terms(
     explainer: ProtoPNetExplainer, image: torch.Tensor, label: int, datamodule, top: int
 ) -> list[PrototypeTerm]:
@@ -108,6 +111,7 @@ def protopnet_terms(
     return out
 
 
+@torch.no_grad()
 def posthoc_terms(
     explainer: PostHocExplainer, image: torch.Tensor, label: int, datamodule, top: int
 ) -> list[PrototypeTerm]:
@@ -132,14 +136,41 @@ def faithfulness_subset(num_images: int, wanted: int | None, seed: int) -> np.nd
     return np.sort(np.random.default_rng(seed).choice(num_images, size=wanted, replace=False))
 
 
+def _joined(pieces: list) -> np.ndarray | torch.Tensor:
+    """Every rank's per-image values, concatenated in rank order (= image order)."""
+    if isinstance(pieces[0], torch.Tensor):
+        return torch.cat(pieces)
+    return np.concatenate(pieces)
+
+
+def gather_images(local: object) -> object:
+    """Join a per-image result (array, tensor, or a tuple / dataclass of them) across ranks."""
+    pieces = gather_objects(local)
+    if len(pieces) == 1:
+        return local
+    if isinstance(local, tuple):
+        return tuple(_joined([p[i] for p in pieces]) for i in range(len(local)))
+    if is_dataclass(local):
+        return type(local)(
+            **{f.name: _joined([getattr(p, f.name) for p in pieces]) for f in fields(local)}
+        )
+    return _joined(pieces)
+
+
 def run_evaluate(cfg: DictConfig) -> StageResult:
-    """Evaluate every method on the test split; write results.md/.csv and figures/, log them."""
+    """Evaluate every method on the test split; write results.md/.csv and figures/, log them.
+
+    Under DDP (`trainer=ddp`, `ddp_cpu`) every rank measures a contiguous share of the images, the
+    per-image values are gathered in image order, and rank 0 computes the table and writes it.
+    """
     run_dir, datamodule = start_run(cfg)
     datamodule.setup("test")
     settings = cfg.evaluation
     paths = locate(cfg)
     models = load_models(paths, datamodule.num_classes)
-    device = stage_device(cfg)
+    fabric = launch(cfg.trainer)
+    rank, world = fabric.global_rank, fabric.world_size
+    device = fabric.device if world > 1 else stage_device(cfg)
     for model in (models.blackbox, models.posthoc, models.protopnet):
         if model is not None:
             model.to(device).eval()
@@ -149,13 +180,13 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
         "seed": cfg.seed,
     }
     estimate = partial(mean_estimate, **boot)
-    logger = instantiate(cfg.logger)
-    logger.log_hyperparams(resolved_container(cfg))
 
-    loader = datamodule.test_dataloader()
-    blackbox_pred, labels = predict(models.blackbox, loader, device)
+    test_set = datamodule.test_set
+    loader = datamodule.subset_loader(test_set, contiguous_share(len(test_set), rank, world))
+    blackbox_pred, labels = gather_images(predict(models.blackbox, loader, device))
     subset = faithfulness_subset(len(labels), settings.faithfulness.images, cfg.seed)
-    images = torch.stack([datamodule.test_set[int(i)]["image"] for i in subset]).to(device)
+    mine = subset[contiguous_share(len(subset), rank, world)]
+    images = torch.stack([test_set[int(i)]["image"] for i in mine]).to(device)
     has_parts = datamodule.num_parts > 0
     half_size = region_half_size(datamodule.image_size, settings.parts.half_size)
     C = datamodule.num_classes
@@ -170,17 +201,21 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
     for key, explainer in build_explainers(models, settings, cfg.seed).items():
         log.info("evaluating %s on %d test images", explainer.name, len(labels))
         own_model = key in ("posthoc", "protopnet")
-        pred = predict(explainer.classifier, loader, device)[0] if own_model else blackbox_pred
+        pred = (
+            gather_images(predict(explainer.classifier, loader, device)[0])
+            if own_model
+            else blackbox_pred
+        )
         values = {
             "accuracy": estimate(pred == labels),
             "agreement": estimate(pred == blackbox_pred),
         }
         with torch.no_grad():
             targets = explainer.classifier(images).argmax(1)  # RISE explains the predicted class
-        heatmaps[key], seconds = explain_timed(explainer, images, targets, settings.batch_size)
-        curves[explainer.name] = faithfulness(
-            explainer, images, heatmaps[key], targets, settings.faithfulness
-        )
+        local_maps, local_seconds = explain_timed(explainer, images, targets, settings.batch_size)
+        local_curves = faithfulness(explainer, images, local_maps, targets, settings.faithfulness)
+        heatmaps[key], seconds = gather_images((local_maps, local_seconds))
+        curves[explainer.name] = gather_images(local_curves)
         values["deletion_auc"] = estimate(curves[explainer.name].deletion_auc)
         values["insertion_auc"] = estimate(curves[explainer.name].insertion_auc)
         values["seconds_per_image"] = estimate(seconds)
@@ -197,13 +232,18 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
                     cfg.seed,
                     device,
                 )
-                values.update(part_scores(coverage, C, settings.parts.threshold, boot))
+                values.update(
+                    part_scores(gather_images(coverage), C, settings.parts.threshold, boot)
+                )
         if key == "posthoc":
             V = models.blackbox.head.weight.detach()
             V_tilde = models.posthoc.prototypes.sum(dim=1).to(V.device)
             values["head_error"] = exact(float((V_tilde - V).norm() / V.norm()))
         rows.append(ResultRow(explainer.name, values))
 
+    if rank != 0:  # rank 0 writes and logs the one table
+        barrier()
+        return StageResult("evaluate", run_dir)
     notes = [
         f"{len(labels)} test images ({datamodule.root}); deletion/insertion, heatmaps and explanation time on a "
         f"seeded subset of {len(subset)}; seed {cfg.seed}; 95% percentile bootstrap intervals over images "
@@ -222,10 +262,12 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
         "n/a: the metric does not apply to the method. Paths: "
         + ", ".join(f"{k}={v}" for k, v in models.paths.items()),
     ]
+    logger = instantiate(cfg.logger)
+    logger.log_hyperparams(resolved_container(cfg))
     results_csv = write_csv(rows, run_dir / "results.csv")
     results_md = write_markdown(rows, run_dir / "results.md", notes)
     figures = write_figures(
-        run_dir / "figures", datamodule, models, subset, images, heatmaps, curves, settings
+        run_dir / "figures", datamodule, models, subset, heatmaps, curves, settings
     )
 
     logger.log_metrics(
@@ -243,6 +285,7 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
             caption=[p.stem for p in figures],
         )
     finish_logging(logger)
+    barrier()
 
     result = StageResult(
         "evaluate",
@@ -262,7 +305,6 @@ def write_figures(
     datamodule,
     models: Models,
     subset: np.ndarray,
-    images: torch.Tensor,
     heatmaps: dict[str, torch.Tensor],
     curves: dict[str, Faithfulness],
     settings: DictConfig,
@@ -279,10 +321,13 @@ def write_figures(
     posthoc = PostHocExplainer(models.posthoc) if models.posthoc is not None else None
     protopnet = ProtoPNetExplainer(models.protopnet) if models.protopnet is not None else None
     top = settings.figures.top
+    shown_images = subset[: settings.figures.images]
+    device = models.blackbox.head.weight.device
+    images = torch.stack([datamodule.test_set[int(i)]["image"] for i in shown_images]).to(device)
     with torch.no_grad():
         blackbox_pred = models.blackbox(images).argmax(1).tolist()
         protopnet_pred = protopnet.classifier(images).argmax(1).tolist() if protopnet else []
-    for n in range(min(settings.figures.images, len(subset))):
+    for n in range(len(shown_images)):
         image = images[n]
         picture = to_uint8(image, datamodule.mean, datamodule.std)
         label = int(datamodule.test_set[int(subset[n])]["label"])

@@ -1,0 +1,56 @@
+"""Process groups for the work a stage does outside a Trainer loop (feature collection, projection,
+evaluation), on Lightning Fabric with the stage's own trainer settings.
+
+`launch` starts (or joins) the same processes the Trainer would: under `trainer=ddp_cpu` it re-runs
+the command for rank 1 and joins a gloo group; under `trainer=ddp` / torchrun / srun, NCCL. A later
+`Trainer` in the same stage finds the group up and does not launch again. With one device it is a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch.distributed as dist
+from lightning.fabric import Fabric
+from lightning.fabric.strategies import DDPStrategy
+
+
+def _fabric_strategy(strategy: Any) -> Any:
+    """The trainer config's strategy (a name, or a DDPStrategy config) as Fabric's."""
+    if isinstance(strategy, Mapping):
+        return DDPStrategy(process_group_backend=strategy.get("process_group_backend"))
+    return strategy or "auto"
+
+
+def launch(trainer_cfg: Mapping[str, Any]) -> Fabric:
+    """A launched Fabric with the trainer config's accelerator, devices, nodes and strategy."""
+    fabric = Fabric(
+        accelerator=trainer_cfg.get("accelerator", "auto"),
+        devices=trainer_cfg.get("devices", "auto"),
+        num_nodes=trainer_cfg.get("num_nodes", 1),
+        strategy=_fabric_strategy(trainer_cfg.get("strategy")),
+    )
+    fabric.launch()
+    return fabric
+
+
+def contiguous_share(n: int, rank: int, world: int) -> np.ndarray:
+    """Rank's share of items 0..n-1: contiguous blocks in rank order, so gathering keeps item order."""
+    return np.array_split(np.arange(n), world)[rank]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order ([obj] without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
