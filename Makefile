@@ -27,9 +27,13 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check proto_lightning tests benchmarks
-	$(BIN)/ruff format --check proto_lightning tests benchmarks
+	$(BIN)/ruff check proto_lightning tests benchmarks experiments
+	$(BIN)/ruff format --check proto_lightning tests benchmarks experiments
 	$(BIN)/hadolint docker/Dockerfile
+
+# Every benchmark, one table of ratios at the end (BENCH_ARGS=--quick for the CI-sized run).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache

@@ -93,7 +93,8 @@ def timed(fn, *args, repeat: int = 1):
     return best, out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """Run the comparison, print its table, return (measure, value, target) rows for `run_all`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prototypes", type=int, default=600)
     parser.add_argument("--classes", type=int, default=200)
@@ -104,7 +105,7 @@ def main() -> None:
     )
     parser.add_argument("--images-per-batch", type=int, default=80)
     parser.add_argument("--quick", action="store_true", help="small shapes for CI")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.prototypes, args.classes, args.patches, args.dim = 100, 20, 20_000, 128
     threads = torch.get_num_threads()
@@ -129,6 +130,7 @@ def main() -> None:
         f"{'search':<16}{'push loop s':>12}{'faiss s':>10}{'speed-up':>10}{'faiss GFLOP/s':>15}"
         f"{'vs matmul':>11}{'same winner':>13}"
     )
+    summary = []
     for class_specific in (True, False):
         t_push, (push_ids, push_d) = timed(
             push_loop, tp, tx, labels, proto_class, args.hw, args.images_per_batch, class_specific
@@ -151,7 +153,11 @@ def main() -> None:
             f"{done / t_faiss / 1e9:>15.1f}{t_mm / (t_faiss * flops / done):>10.0%}"
             f"{(push_ids == faiss_ids).mean():>12.1%}"
         )
+        summary.append(
+            (f"projection {name}: FAISS vs push loop", f"{t_push / t_faiss:.1f}x", ">= 5x")
+        )
     print("targets: speed-up >= 5x; faiss GFLOP/s >= 50% of matmul's")
+    return summary
 
 
 if __name__ == "__main__":

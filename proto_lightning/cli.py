@@ -7,13 +7,17 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from proto_lightning.config import CONF_DIR, validate_overrides
-from proto_lightning.errors import ProtoLightningError
+from proto_lightning.errors import ConfigKeyError, ProtoLightningError
+from proto_lightning.stages.common import StageResult
 
 # stage name -> (module:function, one-line description); each has conf/<stage>.yaml
 STAGES = {
@@ -87,6 +91,55 @@ def _make_dataset(argv: Sequence[str]) -> int:
     return 0
 
 
+HYDRA_VALUE_FLAGS = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--info",
+    "-i",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+}
+
+
+def split_hydra_flags(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Hydra's flags (with their values) and the key=value overrides, each in the given order."""
+    flags, plain = [], []
+    tokens = list(tokens)
+    while tokens:
+        token = tokens.pop(0)
+        if not token.startswith("-"):
+            plain.append(token)
+            continue
+        flags.append(token)
+        if (
+            token in HYDRA_VALUE_FLAGS
+            and tokens
+            and "=" not in tokens[0]
+            and not tokens[0].startswith("-")
+        ):
+            flags.append(tokens.pop(0))
+    return flags, plain
+
+
+def sweep_objective(cfg: DictConfig, result: StageResult) -> float | None:
+    """The metric a Hydra sweeper (e.g. optuna) optimises: `objective=<metric name>`, None when unset."""
+    if cfg.get("objective") is None:
+        return None
+    if cfg.objective not in result.metrics:
+        raise ConfigKeyError(
+            f"objective={cfg.objective!r} is not a metric of the {cfg.stage} stage; it reports: "
+            + ", ".join(sorted(result.metrics))
+        )
+    return float(result.metrics[cfg.objective])
+
+
 def _run_stage(stage: str, overrides: list[str]) -> int:
     module, function = STAGES[stage][0].split(":")
     task = getattr(importlib.import_module(module), function)
@@ -105,13 +158,20 @@ def _run_stage(stage: str, overrides: list[str]) -> int:
         validate_overrides(stage, [o for o in overrides if not o.startswith("-")])
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=stage)
-    def _main(cfg: DictConfig) -> None:
+    def _main(cfg: DictConfig) -> float | None:
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN and cfg.group == cfg.stage:
+            with open_dict(cfg):  # one W&B group per sweep, so the dashboard compares its runs
+                cfg.group = f"{cfg.stage}-sweep-{Path(hydra_cfg.sweep.dir).name}"
         result = task(cfg)
         rank_zero_only(print)(result.summary())
+        return sweep_objective(cfg, result)
 
     # Keep the stage in argv as a plain override so that Lightning's DDP launcher, which re-runs
-    # this command line in each child process, re-enters the same stage.
-    sys.argv = [sys.argv[0], f"stage={stage}", *overrides]
+    # this command line in each child process, re-enters the same stage; last, so that Hydra's
+    # flags (-m, --cfg) still come before the overrides.
+    flags, plain = split_hydra_flags(overrides)
+    sys.argv = [sys.argv[0], *flags, *plain, f"stage={stage}"]
     _main()
     return 0
 
@@ -124,8 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage())
         return 0
     head, rest = argv[0], argv[1:]
-    if head.startswith("stage="):  # a DDP child process re-running our own command line
-        head = head.split("=", 1)[1]
+    relaunch = [a for a in argv if a.startswith("stage=")]
+    if head not in STAGES and head not in TOOLS and relaunch:  # a DDP child re-running our line
+        head = relaunch[0].split("=", 1)[1]
+        rest = [a for a in argv if a != relaunch[0]]
     if head in TOOLS:
         return _make_dataset(rest)
     if head not in STAGES:

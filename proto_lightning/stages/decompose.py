@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from proto_lightning.config import resolved_container
 from proto_lightning.distributed import barrier, contiguous_share, gather_objects, launch
@@ -27,6 +27,7 @@ from proto_lightning.stages.common import (
     stage_device,
     start_run,
 )
+from proto_lightning.stages.evaluate import run_evaluate
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,24 @@ def log_decomposition(
     return summary
 
 
+def evaluation_config(cfg: DictConfig, artifact: Path) -> DictConfig:
+    """The evaluate stage's config for the network just made: its rows only, into <run>/evaluate,
+    logged as CSV there (this stage's logger carries the metrics, e.g. to a W&B sweep)."""
+    sub = OmegaConf.create(resolved_container(cfg))
+    with open_dict(sub):
+        sub.stage = "evaluate"
+        sub.run_dir = str(Path(cfg.run_dir) / "evaluate")
+        sub.from_run, sub.posthoc, sub.protopnet_ckpt = None, str(artifact), None
+        sub.evaluation.methods = ["posthoc"]
+        sub.logger = {
+            "_target_": "lightning.pytorch.loggers.CSVLogger",
+            "save_dir": sub.run_dir,
+            "name": "logs",
+            "version": "",
+        }
+    return sub
+
+
 def run_decompose(cfg: DictConfig) -> StageResult:
     """Decompose the head of `cfg.blackbox_ckpt` into `model.prototypes_per_class` prototypes per class."""
     run_dir, datamodule = start_run(cfg)
@@ -135,6 +154,12 @@ def run_decompose(cfg: DictConfig) -> StageResult:
         raise IncompatibleWeightsError(
             f"black box {cfg.blackbox_ckpt} predicts {blackbox.hparams.num_classes} classes but "
             f"{datamodule.root} has {datamodule.num_classes}: decompose it on the dataset it was trained on"
+        )
+    expected = cfg.model.get("backbone")
+    if expected is not None and expected.name != blackbox.net.backbone.name:
+        raise IncompatibleWeightsError(
+            f"black box {cfg.blackbox_ckpt} has backbone {blackbox.net.backbone.name!r} but the config "
+            f"(model/backbone, e.g. from an experiment) says {expected.name!r}"
         )
     settings = cfg.model
     fabric = launch(cfg.trainer)
@@ -252,5 +277,10 @@ def run_decompose(cfg: DictConfig) -> StageResult:
     result.metrics.update({k: float(v) for k, v in metrics.items()})
     result.metrics.update(summary)
     result.metrics.update({f"time/{k}": v for k, v in timings.items()})
+    if cfg.get("evaluate_after", False):
+        evaluation = run_evaluate(evaluation_config(cfg, artifact))
+        result.metrics.update(evaluation.metrics)
+        result.artifacts.update(evaluation.artifacts)
+        trainer.logger.log_metrics({f"eval/{k}": v for k, v in evaluation.metrics.items()})
     finish_logging(trainer.logger)
     return result
