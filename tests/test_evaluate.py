@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from proto_lightning.data.generate import make_dataset
 from proto_lightning.errors import IncompatibleWeightsError, MissingArtifactError
@@ -29,8 +30,6 @@ def test_demo_table_has_every_method_and_metric(tiny_demo, stage_config):
     assert set(METRICS) <= set(rows["LIME"])
     # black-box accuracy, recomputed here by a plain loop over the test split
     cfg = stage_config("evaluate")
-    from hydra.utils import instantiate
-
     datamodule = instantiate(cfg.data)
     datamodule.setup("test")
     net = BlackBoxClassifier.load_checkpoint(

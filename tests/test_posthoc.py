@@ -173,3 +173,20 @@ def test_decompose_refuses_a_black_box_of_another_dataset(decomposed, tmp_path: 
     other = make_dataset(tmp_path / "six", classes=6, per_class=4, size=48)
     with pytest.raises(IncompatibleWeightsError, match="predicts 4 classes"):
         run_decompose(config("decompose", other, tmp_path / "dec", f"blackbox_ckpt={ckpt}"))
+
+
+def test_decompose_refuses_a_black_box_of_another_backbone_than_configured(
+    decomposed, parts_root, tmp_path
+):
+    from proto_lightning.errors import IncompatibleWeightsError
+
+    ckpt, _ = decomposed  # a small_cnn black box; an experiment that names resnet50 must not pass
+    cfg = config(
+        "decompose",
+        parts_root,
+        tmp_path / "dec",
+        f"blackbox_ckpt={ckpt}",
+        "model/backbone=resnet50",
+    )
+    with pytest.raises(IncompatibleWeightsError, match="says 'resnet50'"):
+        run_decompose(cfg)

@@ -8,9 +8,10 @@ import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
 
 from proto_lightning.cli import STAGES
-from proto_lightning.config import CONF_DIR, validate_overrides
+from proto_lightning.config import CONF_DIR, compose_config, validate_overrides
 from proto_lightning.stages.blackbox import run_blackbox
 from tests.conftest import fast_overrides
 
@@ -19,9 +20,6 @@ SWEEPS = sorted((Path(__file__).parents[1] / "experiments" / "sweeps").glob("*.y
 
 @pytest.fixture(scope="module")
 def blackbox_ckpt(parts_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from omegaconf import open_dict
-
-    from proto_lightning.config import compose_config
 
     run = tmp_path_factory.mktemp("sweep_bb")
     cfg = compose_config("blackbox", [*fast_overrides(parts_root, run), "run_test=false"])
