@@ -264,3 +264,23 @@ def test_backbone_starts_from_a_black_box_of_the_same_architecture(tmp_path):
             prototype_dim=8,
             init_from_blackbox=str(ckpt),
         )
+
+
+def test_load_checkpoint_refuses_missing_and_foreign_files(tmp_path):
+    from proto_lightning.models import BlackBoxClassifier
+
+    with pytest.raises(FileNotFoundError, match="proto-lightning protopnet"):
+        ProtoPNet.load_checkpoint(tmp_path / "none.ckpt")
+    source = BlackBoxClassifier(
+        {"name": "small_cnn"}, num_classes=3, optimizer={"name": "adamw", "lr": 1e-3}
+    )
+    foreign = tmp_path / "blackbox.ckpt"
+    torch.save(
+        {"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams)}, foreign
+    )
+    with pytest.raises(IncompatibleWeightsError, match="not a ProtoPNet checkpoint"):
+        ProtoPNet.load_checkpoint(foreign)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(foreign.read_bytes()[:100])
+    with pytest.raises(IncompatibleWeightsError, match="cannot read"):
+        ProtoPNet.load_checkpoint(truncated)
