@@ -68,3 +68,39 @@ def test_two_shards_pick_the_same_winners():
 def test_bad_metric_is_refused():
     with pytest.raises(ValueError, match="metric"):
         NearestPatchIndex(4, metric="cosine")
+
+
+@pytest.mark.parametrize("restricted", [False, True])
+def test_decompose_projection_one_class_index_at_a_time_equals_brute_force(restricted: bool):
+    from proto_lightning.prototypes.features import FeatureStore
+    from proto_lightning.stages.decompose import project_prototypes
+
+    features, labels, rows, image_ids, locations = patches(seed=2)
+    order = np.argsort(labels, kind="stable")  # the store is class-ordered
+    counts = np.bincount(labels, minlength=5)  # class 4 has no images: an empty slot
+    store = FeatureStore(
+        features[order],
+        rows[order],
+        image_ids[order],
+        locations[order],
+        labels[order],
+        np.concatenate([[0], np.cumsum(counts)]),
+        (3, 3),
+    )
+    prototypes = torch.from_numpy(
+        np.maximum(np.random.default_rng(3).standard_normal((5, 2, 16)), 0).astype(np.float32)
+    )
+    found = project_prototypes(store, prototypes, "l2", restricted, "cpu", chunk=30)
+    query_classes = np.repeat(np.arange(5), 2)
+    best = brute_force(
+        prototypes.reshape(10, 16).numpy(),
+        store.features,
+        store.labels,
+        query_classes if restricted else None,
+        "l2",
+    )
+    has_patches = np.isfinite(best.values.numpy())
+    winners = best.indices.numpy()[has_patches]
+    assert (found.rows[has_patches] == store.rows[winners]).all()
+    assert (found.locations[has_patches] == store.locations[winners]).all()
+    assert (found.rows[~has_patches] == -1).all() and has_patches.sum() == (8 if restricted else 10)

@@ -57,6 +57,15 @@ class Projection:
                 self.vectors = np.zeros_like(other.vectors)
             self.vectors[mask] = other.vectors[mask]
 
+    def place(self, other: Projection, queries: np.ndarray) -> None:
+        """Write `other` (answers to a subset of the queries, in order) into positions `queries`."""
+        for name in ("rows", "image_ids", "locations", "distances", "labels"):
+            getattr(self, name)[queries] = getattr(other, name)
+        if other.vectors is not None:
+            if self.vectors is None:
+                self.vectors = np.zeros((len(self.rows), other.vectors.shape[1]), dtype=np.float32)
+            self.vectors[queries] = other.vectors
+
     def to_dict(self) -> dict[str, torch.Tensor]:
         """Tensors for an artifact file."""
         return {

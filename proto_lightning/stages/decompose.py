@@ -32,6 +32,23 @@ from proto_lightning.stages.evaluate import run_evaluate
 log = logging.getLogger(__name__)
 
 
+def _index_rows(
+    store: FeatureStore, rows: slice, metric: str, device: str, chunk: int
+) -> NearestPatchIndex:
+    """A FAISS index over some rows of the feature store, added in chunks."""
+    index = NearestPatchIndex(store.features.shape[1], metric=metric, device=device)
+    for start in range(rows.start, rows.stop, chunk):
+        s = slice(start, min(start + chunk, rows.stop))
+        index.add(
+            store.features[s],
+            store.labels[s],
+            store.rows[s],
+            store.image_ids[s],
+            store.locations[s],
+        )
+    return index
+
+
 def project_prototypes(
     store: FeatureStore,
     prototypes: torch.Tensor,
@@ -40,20 +57,24 @@ def project_prototypes(
     device: str,
     chunk: int = 65536,
 ) -> Projection:
-    """Nearest training patch of every prototype (C, k, D), streamed from the feature store in chunks."""
+    """Nearest training patch of every prototype (C, k, D), streamed from the feature store in chunks.
+
+    Restricted to the prototype's class, one class's index exists at a time, so the index memory is
+    bounded by the largest class rather than the push set; otherwise one index holds every patch.
+    """
     C, k, D = prototypes.shape
-    index = NearestPatchIndex(D, metric=metric, device=device)
-    for start in range(0, len(store.features), chunk):
-        s = slice(start, start + chunk)
-        index.add(
-            store.features[s],
-            store.labels[s],
-            store.rows[s],
-            store.image_ids[s],
-            store.locations[s],
+    queries = prototypes.reshape(C * k, D)
+    if not class_restricted:
+        return _index_rows(store, slice(0, len(store.features)), metric, device, chunk).search(
+            queries
         )
-    classes = np.repeat(np.arange(C), k) if class_restricted else None
-    return index.search(prototypes.reshape(C * k, D), classes)
+    found = Projection.empty(C * k)
+    for c in range(C):
+        rows = slice(int(store.offsets[c]), int(store.offsets[c + 1]))
+        if rows.stop > rows.start:  # classes of other DDP ranks have empty slots
+            mine = np.arange(c * k, (c + 1) * k)
+            found.place(_index_rows(store, rows, metric, device, chunk).search(queries[mine]), mine)
+    return found
 
 
 @torch.no_grad()
