@@ -1,6 +1,21 @@
-"""Test-only Lightning callbacks, importable by Hydra `_target_` from test configs."""
+"""Test-only helpers: Lightning callbacks importable by Hydra `_target_`, and the CLI as a user runs it."""
+
+import subprocess
+import sys
 
 import lightning as L
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m proto_lightning <args>` in a new process; fails the test (with its stderr) on a non-zero exit."""
+    done = subprocess.run(
+        [sys.executable, "-m", "proto_lightning", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
 
 
 class KilledRun(RuntimeError):

@@ -1,30 +1,19 @@
 """DDP fit with 2 CPU processes over gloo, launched like a user would (the same code path as NCCL)."""
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import fast_overrides
+from tests.helpers import run_cli
 
 
 def test_ddp_cpu_fit_with_two_gloo_processes(parts_root: Path, tmp_path: Path):
     run = tmp_path / "run"
     overrides = [o for o in fast_overrides(parts_root, run) if not o.startswith("trainer=")]
-    command = [
-        sys.executable,
-        "-m",
-        "proto_lightning",
-        "blackbox",
-        *overrides,
-        "trainer=ddp_cpu",
-        "trainer.max_epochs=2",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    done = run_cli("blackbox", *overrides, "trainer=ddp_cpu", "trainer.max_epochs=2")
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in done.stderr + done.stdout
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["epoch"] == 1
@@ -33,29 +22,18 @@ def test_ddp_cpu_fit_with_two_gloo_processes(parts_root: Path, tmp_path: Path):
     assert done.stdout.count("run folder:") == 1  # only rank 0 reports
 
 
-def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "-m", "proto_lightning", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
-
-
 def test_decompose_and_evaluate_on_two_gloo_processes_match_one(parts_root: Path, tmp_path: Path):
     def overrides(run: Path) -> list[str]:
         return [o for o in fast_overrides(parts_root, run) if not o.startswith("trainer=")]
 
-    cli("blackbox", *overrides(tmp_path / "bb"), "trainer=cpu", "trainer.max_epochs=2")
+    run_cli("blackbox", *overrides(tmp_path / "bb"), "trainer=cpu", "trainer.max_epochs=2")
     (ckpt,) = (tmp_path / "bb" / "checkpoints").glob("best-*.ckpt")
     shared = [
         "model.nmf.classes_per_batch=2",
         "model.projection.class_restricted=false",
     ]  # 2 batches
     for name, trainer in (("one", "trainer=cpu"), ("two", "trainer=ddp_cpu")):
-        done = cli(
+        done = run_cli(
             "decompose",
             *overrides(tmp_path / f"dec_{name}"),
             trainer,
@@ -75,7 +53,7 @@ def test_decompose_and_evaluate_on_two_gloo_processes_match_one(parts_root: Path
     tables = {}
     for name, trainer in (("one", "trainer=cpu"), ("two", "trainer=ddp_cpu")):
         run = tmp_path / f"eval_{name}"
-        done = cli(
+        done = run_cli(
             "evaluate",
             *overrides(run),
             trainer,

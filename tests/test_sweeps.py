@@ -1,7 +1,6 @@
 """Sweeps: Hydra multirun and optuna over decompose, the SLURM launcher config, W&B sweep files."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from proto_lightning.cli import STAGES
 from proto_lightning.config import CONF_DIR, compose_config, validate_overrides
 from proto_lightning.stages.blackbox import run_blackbox
 from tests.conftest import fast_overrides
+from tests.helpers import run_cli
 
 SWEEPS = sorted((Path(__file__).parents[1] / "experiments" / "sweeps").glob("*.yaml"))
 
@@ -31,19 +31,7 @@ def blackbox_ckpt(parts_root: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def multirun(parts_root: Path, sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     base = [o for o in fast_overrides(parts_root, sweep_dir) if not o.startswith("hydra.run")]
-    command = [
-        sys.executable,
-        "-m",
-        "proto_lightning",
-        "decompose",
-        "-m",
-        *base,
-        f"hydra.sweep.dir={sweep_dir}",
-        *overrides,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
+    return run_cli("decompose", "-m", *base, f"hydra.sweep.dir={sweep_dir}", *overrides)
 
 
 def test_multirun_grid_writes_one_network_per_point_in_one_group(

@@ -14,6 +14,7 @@ import torchvision
 from torch import nn
 
 from proto_lightning.errors import IncompatibleWeightsError
+from proto_lightning.models.files import read_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,7 @@ def load_state_dict_file(
     module: nn.Module, path: Path, ignore_prefixes: tuple[str, ...] = ()
 ) -> None:
     """Load a state dict saved with `torch.save` into `module`, or explain what does not fit."""
-    if not path.is_file():
-        raise FileNotFoundError(f"weight file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated or not a torch file
-        raise IncompatibleWeightsError(f"cannot read weight file {path}: {err}") from err
+    state = read_torch_file(path, "weight file", weights_only=True)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise IncompatibleWeightsError(f"{path} holds a {type(state).__name__}, not a state dict")

@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.backbones import build_backbone
+from proto_lightning.models.files import checkpoint_hyperparameters, read_torch_file
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -168,22 +169,15 @@ class BlackBoxClassifier(L.LightningModule):
     @classmethod
     def load_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> BlackBoxClassifier:
         """Load a black-box checkpoint with a clear error for a missing, truncated or foreign file."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"black-box checkpoint {path} does not exist; train one with `proto-lightning blackbox`"
-            )
-        try:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-        except Exception as err:
-            raise IncompatibleWeightsError(
-                f"cannot read checkpoint {path} (truncated or not a torch file): {err}"
-            ) from err
-        params = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-        if not {"backbone", "num_classes", "optimizer"} <= params.keys():
-            raise IncompatibleWeightsError(
-                f"{path} is not a BlackBoxClassifier checkpoint (hyper-parameters: {sorted(params)})"
-            )
+        checkpoint = read_torch_file(
+            path,
+            "black-box checkpoint",
+            "train one with `proto-lightning blackbox`",
+            map_location=map_location,
+        )
+        params = checkpoint_hyperparameters(
+            checkpoint, {"backbone", "num_classes", "optimizer"}, path, "BlackBoxClassifier"
+        )
         params = {
             **params,
             "backbone": {**params["backbone"], "weights": None},

@@ -21,6 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.blackbox import BlackBoxClassifier, BlackBoxNet
+from proto_lightning.models.files import read_torch_file
 from proto_lightning.prototypes.projection import Projection
 
 ARTIFACT_FORMAT = "proto-lightning/posthoc-ppn/1"
@@ -211,17 +212,13 @@ class PostHocPrototypeNetwork(L.LightningModule):
         map_location: str = "cpu",
     ) -> PostHocPrototypeNetwork:
         """Restore an artifact; `blackbox` (a net or checkpoint path) must be the one it was made from."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"post-hoc artifact {path} does not exist; run `proto-lightning decompose` first"
-            )
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=False)
-        except Exception as err:
-            raise IncompatibleArtifactError(
-                f"cannot read post-hoc artifact {path} (truncated or not a torch file): {err}"
-            ) from err
+        state = read_torch_file(
+            path,
+            "post-hoc artifact",
+            "run `proto-lightning decompose` first",
+            error=IncompatibleArtifactError,
+            map_location=map_location,
+        )
         if not isinstance(state, dict) or state.get("format") != ARTIFACT_FORMAT:
             found = state.get("format") if isinstance(state, dict) else type(state).__name__
             raise IncompatibleArtifactError(

@@ -26,6 +26,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.backbones import build_backbone
 from proto_lightning.models.blackbox import BlackBoxClassifier
+from proto_lightning.models.files import checkpoint_hyperparameters, read_torch_file
 from proto_lightning.models.protopnet_losses import cluster_cost, last_layer_l1, separation_cost
 from proto_lightning.models.protopnet_schedule import ProtoPNetSchedule, Step
 from proto_lightning.prototypes.boxes import high_activation_box, receptive_field_boxes
@@ -395,25 +396,14 @@ class ProtoPNet(L.LightningModule):
     @classmethod
     def load_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> ProtoPNet:
         """Load a ProtoPNet checkpoint (weights and last push) with a clear error for a missing or foreign file."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"ProtoPNet checkpoint {path} does not exist; train one with `proto-lightning protopnet`"
-            )
-        try:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-        except Exception as err:
-            raise IncompatibleWeightsError(
-                f"cannot read checkpoint {path} (truncated or not a torch file): {err}"
-            ) from err
-        params = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-        if (
-            not {"backbone", "num_classes", "prototypes_per_class", "prototype_dim"}
-            <= params.keys()
-        ):
-            raise IncompatibleWeightsError(
-                f"{path} is not a ProtoPNet checkpoint (hyper-parameters: {sorted(params)})"
-            )
+        checkpoint = read_torch_file(
+            path,
+            "ProtoPNet checkpoint",
+            "train one with `proto-lightning protopnet`",
+            map_location=map_location,
+        )
+        required = {"backbone", "num_classes", "prototypes_per_class", "prototype_dim"}
+        params = checkpoint_hyperparameters(checkpoint, required, path, "ProtoPNet")
         weights_from_file = {
             "backbone": {**params["backbone"], "weights": None},
             "init_from_blackbox": None,
