@@ -136,19 +136,7 @@ class PostHocPrototypeNetwork(L.LightningModule):
         """The training patch prototype i of class `label` is shown as (empty before projection)."""
         if self.projection is None:
             return {}
-        q = label * self.prototypes_per_class + i
-        patch = {
-            "row": int(self.projection.rows[q]),
-            "image_id": int(self.projection.image_ids[q]),
-            "location": tuple(int(v) for v in self.projection.locations[q]),
-            "score": -float(self.projection.distances[q]),
-        }
-        for name in ("rf_boxes", "high_activation_boxes"):
-            if name in self.extras:
-                patch[name[:-2] if name.endswith("es") else name] = tuple(
-                    int(v) for v in self.extras[name][q]
-                )
-        return patch
+        return self.projection.record(label * self.prototypes_per_class + i, self.extras)
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> dict[str, torch.Tensor]:
         feature_map = self.blackbox.features(batch["image"])

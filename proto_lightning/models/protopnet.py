@@ -243,17 +243,7 @@ class ProtoPNet(L.LightningModule):
         """The training patch prototype i of class `label` was pushed onto (empty before a push)."""
         if self.projection is None:
             return {}
-        q = label * self.prototypes_per_class + i
-        patch = {
-            "row": int(self.projection.rows[q]),
-            "image_id": int(self.projection.image_ids[q]),
-            "location": tuple(int(v) for v in self.projection.locations[q]),
-            "distance": float(self.projection.distances[q]),
-        }
-        for name in ("rf_box", "high_activation_box"):
-            if f"{name}es" in self.extras:
-                patch[name] = tuple(int(v) for v in self.extras[f"{name}es"][q])
-        return patch
+        return self.projection.record(label * self.prototypes_per_class + i, self.extras)
 
     # ---- schedule ---------------------------------------------------------------------------------
     def step_of_epoch(self, epoch: int) -> Step:

@@ -14,7 +14,9 @@ product: its visualisation uses `ip`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
@@ -24,6 +26,8 @@ import torch.distributed as dist
 log = logging.getLogger(__name__)
 
 METRICS = ("l2", "ip")
+# boxes a network may keep per prototype (extras "<name>es", (Q, 4) arrays in input pixels)
+BOX_NAMES = ("rf_box", "high_activation_box")
 
 
 @dataclass
@@ -65,6 +69,18 @@ class Projection:
             if self.vectors is None:
                 self.vectors = np.zeros((len(self.rows), other.vectors.shape[1]), dtype=np.float32)
             self.vectors[queries] = other.vectors
+
+    def record(self, q: int, extras: Mapping[str, Any]) -> dict[str, Any]:
+        """Query q's winner as plain values: row, image id, location, distance, and each box of
+        BOX_NAMES that `extras` keeps (under "<name>es", a (Q, 4) array)."""
+        boxes = {name: extras[f"{name}es"][q] for name in BOX_NAMES if f"{name}es" in extras}
+        return {
+            "row": int(self.rows[q]),
+            "image_id": int(self.image_ids[q]),
+            "location": tuple(int(v) for v in self.locations[q]),
+            "distance": float(self.distances[q]),
+            **{name: tuple(int(v) for v in box) for name, box in boxes.items()},
+        }
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         """Tensors for an artifact file."""
