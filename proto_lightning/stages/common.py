@@ -12,7 +12,7 @@ import wandb
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from proto_lightning.config import resolved_container, to_yaml
 from proto_lightning.data import PartDataModule
@@ -134,3 +134,21 @@ def finish_logging(logger: Logger | None) -> None:
         and wandb.run is not None
     ):
         wandb.finish()
+
+
+def stage_config(cfg: DictConfig, stage: str, **replace) -> DictConfig:
+    """A chain's config re-targeted at one stage, in a sub-folder of the chain's run folder.
+
+    Every stage of one chain (the demo, decompose + evaluate) logs to the same W&B group,
+    `<group>-<run folder name>`, so the dashboard shows the chain's runs (one per stage) together.
+    """
+    sub = OmegaConf.create(
+        OmegaConf.to_container(cfg, resolve=False)
+    )  # ${run_dir} follows the new folder
+    with open_dict(sub):
+        sub.stage = stage
+        sub.run_dir = f"{cfg.run_dir}/{stage}"
+        sub.group = f"{cfg.group}-{Path(cfg.run_dir).name}"
+        for key, value in replace.items():
+            sub[key] = value
+    return sub

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from proto_lightning.config import resolved_container
 from proto_lightning.distributed import barrier, contiguous_share, gather_objects, launch
@@ -24,6 +24,7 @@ from proto_lightning.stages.common import (
     build_trainer,
     finish_logging,
     logs_location,
+    stage_config,
     stage_device,
     start_run,
 )
@@ -152,19 +153,22 @@ def log_decomposition(
 def evaluation_config(cfg: DictConfig, artifact: Path) -> DictConfig:
     """The evaluate stage's config for the network just made: its rows only, into <run>/evaluate,
     logged as CSV there (this stage's logger carries the metrics, e.g. to a W&B sweep)."""
-    sub = OmegaConf.create(resolved_container(cfg))
-    with open_dict(sub):
-        sub.stage = "evaluate"
-        sub.run_dir = str(Path(cfg.run_dir) / "evaluate")
-        sub.from_run, sub.posthoc, sub.protopnet_ckpt = None, str(artifact), None
-        sub.evaluation.methods = ["posthoc"]
-        sub.logger = {
-            "_target_": "lightning.pytorch.loggers.CSVLogger",
-            "save_dir": sub.run_dir,
-            "name": "logs",
-            "version": "",
-        }
-    return sub
+    evaluation = OmegaConf.merge(cfg.evaluation, {"methods": ["posthoc"]})
+    csv = {
+        "_target_": "lightning.pytorch.loggers.CSVLogger",
+        "save_dir": "${run_dir}",
+        "name": "logs",
+        "version": "",
+    }
+    return stage_config(
+        cfg,
+        "evaluate",
+        from_run=None,
+        posthoc=str(artifact),
+        protopnet_ckpt=None,
+        evaluation=evaluation,
+        logger=csv,
+    )
 
 
 def run_decompose(cfg: DictConfig) -> StageResult:

@@ -4,31 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from proto_lightning.stages.blackbox import run_blackbox
-from proto_lightning.stages.common import StageResult
+from proto_lightning.stages.common import StageResult, stage_config
 from proto_lightning.stages.decompose import run_decompose
 from proto_lightning.stages.evaluate import run_evaluate
 from proto_lightning.stages.protopnet import run_protopnet
-
-
-def stage_config(cfg: DictConfig, stage: str, **replace) -> DictConfig:
-    """The demo's config re-targeted at one stage, in a sub-folder of the demo's run folder.
-
-    Every stage of one demo run logs to the same W&B group, `<group>-<run folder name>`, so the
-    dashboard shows the chain's runs (one per stage) together.
-    """
-    sub = OmegaConf.create(
-        OmegaConf.to_container(cfg, resolve=False)
-    )  # ${run_dir} follows the new folder
-    with open_dict(sub):
-        sub.stage = stage
-        sub.run_dir = f"{cfg.run_dir}/{stage}"
-        sub.group = f"{cfg.group}-{Path(cfg.run_dir).name}"
-        for key, value in replace.items():
-            sub[key] = value
-    return sub
 
 
 def run_demo(cfg: DictConfig) -> StageResult:
