@@ -198,7 +198,8 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
     ]
     curves: dict[str, Faithfulness] = {}
     heatmaps: dict[str, torch.Tensor] = {}
-    for key, explainer in build_explainers(models, settings, cfg.seed).items():
+    explainers = build_explainers(models, settings, cfg.seed)
+    for key, explainer in explainers.items():
         log.info("evaluating %s on %d test images", explainer.name, len(labels))
         own_model = key in ("posthoc", "protopnet")
         pred = (
@@ -267,7 +268,7 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
     results_csv = write_csv(rows, run_dir / "results.csv")
     results_md = write_markdown(rows, run_dir / "results.md", notes)
     figures = write_figures(
-        run_dir / "figures", datamodule, models, subset, heatmaps, curves, settings
+        run_dir / "figures", datamodule, models, explainers, subset, heatmaps, curves, settings
     )
 
     logger.log_metrics(
@@ -304,6 +305,7 @@ def write_figures(
     folder: Path,
     datamodule,
     models: Models,
+    explainers: dict[str, Explainer],
     subset: np.ndarray,
     heatmaps: dict[str, torch.Tensor],
     curves: dict[str, Faithfulness],
@@ -312,14 +314,7 @@ def write_figures(
     """Per-image explanation panels, the deletion/insertion curves and each network's prototype gallery."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [curves_figure(folder / "deletion_insertion.png", curves)]
-    names = {
-        "gradcam": "Grad-CAM",
-        "lime": "LIME",
-        "posthoc": "post-hoc PPN",
-        "protopnet": "ProtoPNet",
-    }
-    posthoc = PostHocExplainer(models.posthoc) if models.posthoc is not None else None
-    protopnet = ProtoPNetExplainer(models.protopnet) if models.protopnet is not None else None
+    posthoc, protopnet = explainers.get("posthoc"), explainers.get("protopnet")
     top = settings.figures.top
     shown_images = subset[: settings.figures.images]
     device = models.blackbox.head.weight.device
@@ -339,7 +334,7 @@ def write_figures(
             else []
         )
         post = posthoc_terms(posthoc, image, blackbox_pred[n], datamodule, top) if posthoc else []
-        shown = {names[k]: h[n].numpy() for k, h in heatmaps.items()}
+        shown = {explainers[k].name: h[n].numpy() for k, h in heatmaps.items()}
         paths.append(
             explanation_figure(
                 folder / f"image_{int(subset[n]):05d}.png", picture, title, shown, own, post
