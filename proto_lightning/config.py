@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -51,15 +52,33 @@ def validate_overrides(config_name: str, overrides: Sequence[str]) -> None:
         except ConfigCompositionException:
             config = compose_config(config_name)
         keys = [k for k in _leaf_keys(config) if not k.startswith("hydra")]
-        close = difflib.get_close_matches(bad, keys, n=5, cutoff=0.6)
-        last = bad.rsplit(".", 1)[-1]
-        close += [k for k in keys if k.rsplit(".", 1)[-1] == last and k not in close][:3]
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ConfigKeyError(
-            f"unknown config key '{bad}' for stage '{config_name}'.{hint} "
+            f"unknown config key '{bad}' for stage '{config_name}'.{_did_you_mean(bad, keys)} "
             f"Add a new key with '+{bad}=...' if you really mean to; "
             f"`proto-lightning {config_name} --cfg job` prints every key."
         ) from err
+
+
+def _did_you_mean(bad: str, keys: Sequence[str]) -> str:
+    """A hint naming the known keys closest to `bad` (by spelling or by last dotted part)."""
+    close = difflib.get_close_matches(bad, keys, n=5, cutoff=0.6)
+    last = bad.rsplit(".", 1)[-1]
+    close += [k for k in keys if k.rsplit(".", 1)[-1] == last and k not in close][:3]
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+def checked_settings(
+    given: Mapping[str, Any] | None, defaults: Mapping[str, Any], where: str
+) -> dict[str, Any]:
+    """`defaults` updated with `given`, refusing a key of `given` that `defaults` does not know."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        hint = _did_you_mean(unknown[0], list(defaults))
+        raise ConfigKeyError(
+            f"unknown key(s) {unknown} in {where}; known: {sorted(defaults)}.{hint}"
+        )
+    return {**defaults, **given}
 
 
 def _unknown_key(err: BaseException) -> str | None:

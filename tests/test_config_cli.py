@@ -9,7 +9,9 @@ from hydra.errors import ConfigCompositionException
 
 from proto_lightning.cli import STAGES, main
 from proto_lightning.config import compose_config, validate_overrides
+from proto_lightning.data.transforms import Augmentation
 from proto_lightning.errors import ConfigKeyError
+from proto_lightning.models import BlackBoxClassifier, ProtoPNet
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -94,3 +96,33 @@ def test_make_dataset_tool(tmp_path: Path):
         == 0
     )
     assert len((tmp_path / "d" / "images.txt").read_text().splitlines()) == 4
+
+
+def test_an_experiments_model_settings_reach_only_that_model():
+    # quick-start's black-box optimizer (lr 3e-3, wd 5e-4) must not leak into ProtoPNet's (wd 1e-3)
+    blackbox = compose_config("blackbox", ["experiment=quickstart"]).model.optimizer
+    assert (blackbox.lr, blackbox.weight_decay) == (0.003, 0.0005)
+    protopnet = compose_config("protopnet", ["experiment=quickstart"]).model.optimizer
+    assert protopnet.weight_decay == 0.001 and "lr" not in protopnet
+    demo = compose_config("demo")
+    assert demo.model.optimizer.lr == 0.003 and demo.protopnet.optimizer.weight_decay == 0.001
+    assert compose_config("blackbox").model.optimizer.lr == 0.001  # no experiment: the defaults
+    override = ["experiment=quickstart", "model.optimizer.lr=0.01"]
+    assert compose_config("blackbox", override).model.optimizer.lr == 0.01  # the command line wins
+
+
+def test_model_and_augmentation_settings_refuse_unknown_keys():
+    backbone = {"name": "small_cnn"}
+    with pytest.raises(ConfigKeyError, match=r"\['lr'\] in model.optimizer"):
+        ProtoPNet(backbone=backbone, num_classes=2, optimizer={"lr": 0.1})
+    with pytest.raises(ConfigKeyError, match=r"model.loss.*Did you mean: cluster"):
+        ProtoPNet(backbone=backbone, num_classes=2, loss={"clustr": 0.8})
+    with pytest.raises(ConfigKeyError, match=r"model.optimizer.*Did you mean: weight_decay"):
+        BlackBoxClassifier(backbone, 2, {"name": "sgd", "lr": 0.1, "weight_decai": 0.1})
+    with pytest.raises(ConfigKeyError, match=r"model.scheduler.*Did you mean: warmup_epochs"):
+        BlackBoxClassifier(backbone, 2, {"lr": 0.1}, scheduler={"warmup_epoch": 2})
+    with pytest.raises(ConfigKeyError, match=r"data.augment.*Did you mean: hflip"):
+        Augmentation.from_config({"hflp": 0.5})
+    model = ProtoPNet(backbone=backbone, num_classes=2, optimizer={"weight_decay": 0.5})
+    assert model.optimizer_settings["weight_decay"] == 0.5
+    assert model.optimizer_settings["last_layer"] == 1e-4  # the official default kept

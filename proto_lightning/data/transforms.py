@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+
+from proto_lightning.config import checked_settings
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,14 +28,8 @@ class Augmentation:
     @classmethod
     def from_config(cls, config: Mapping | None) -> Augmentation:
         """Build from a config mapping, refusing keys this class does not know."""
-        config = dict(config or {})
-        unknown = set(config) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise KeyError(
-                f"unknown augmentation keys {sorted(unknown)}; "
-                f"known: {sorted(cls.__dataclass_fields__)}"
-            )
-        return cls(**config)
+        defaults = {f.name: f.default for f in fields(cls)}
+        return cls(**checked_settings(config, defaults, "data.augment"))
 
 
 class KeypointImageTransform:

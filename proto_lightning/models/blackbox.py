@@ -13,11 +13,22 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from proto_lightning.config import checked_settings
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.backbones import build_backbone
 from proto_lightning.models.files import checkpoint_hyperparameters, read_torch_file
 
 OPTIMIZERS = ("adamw", "sgd")
+# Library defaults of `model.optimizer` / `model.scheduler` (conf/model/blackbox.yaml sets the run's).
+OPTIMIZER_DEFAULTS = {
+    "name": "adamw",
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "momentum": 0.9,  # sgd only
+    "nesterov": False,  # sgd only
+    "backbone_lr_scale": 1.0,
+}
+SCHEDULER_DEFAULTS = {"warmup_epochs": 0, "min_lr_ratio": 0.0}
 
 
 class BlackBoxNet(nn.Module):
@@ -53,11 +64,12 @@ class BlackBoxClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        backbone, optimizer = dict(backbone), dict(optimizer)
-        scheduler = dict(scheduler or {})
-        if optimizer.get("name") not in OPTIMIZERS:
+        backbone = dict(backbone)
+        optimizer = checked_settings(optimizer, OPTIMIZER_DEFAULTS, "model.optimizer")
+        scheduler = checked_settings(scheduler, SCHEDULER_DEFAULTS, "model.scheduler")
+        if optimizer["name"] not in OPTIMIZERS:
             raise ValueError(
-                f"model.optimizer.name must be one of {OPTIMIZERS}, got {optimizer.get('name')!r}"
+                f"model.optimizer.name must be one of {OPTIMIZERS}, got {optimizer['name']!r}"
             )
         self.save_hyperparameters(
             {
@@ -122,24 +134,22 @@ class BlackBoxClassifier(L.LightningModule):
         groups = [
             {
                 "params": self.net.backbone.parameters(),
-                "lr": opt["lr"] * opt.get("backbone_lr_scale", 1.0),
+                "lr": opt["lr"] * opt["backbone_lr_scale"],
             },
             {"params": self.net.head.parameters(), "lr": opt["lr"]},
         ]
         if opt["name"] == "adamw":
-            optimizer = torch.optim.AdamW(
-                groups, lr=opt["lr"], weight_decay=opt.get("weight_decay", 0.0)
-            )
+            optimizer = torch.optim.AdamW(groups, lr=opt["lr"], weight_decay=opt["weight_decay"])
         else:
             optimizer = torch.optim.SGD(
                 groups,
                 lr=opt["lr"],
-                momentum=opt.get("momentum", 0.9),
-                weight_decay=opt.get("weight_decay", 0.0),
-                nesterov=opt.get("nesterov", False),
+                momentum=opt["momentum"],
+                weight_decay=opt["weight_decay"],
+                nesterov=opt["nesterov"],
             )
-        warmup = int(self.hparams.scheduler.get("warmup_epochs", 0))
-        floor = float(self.hparams.scheduler.get("min_lr_ratio", 0.0))
+        warmup = int(self.hparams.scheduler["warmup_epochs"])
+        floor = float(self.hparams.scheduler["min_lr_ratio"])
         total = max(1, int(self.trainer.max_epochs or 1))
 
         def factor(epoch: int) -> float:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from proto_lightning.config import checked_settings
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.backbones import build_backbone
 from proto_lightning.models.blackbox import BlackBoxClassifier
@@ -155,6 +156,22 @@ TRAINABLE = {
     },
 }
 OPTIMIZER_INDEX = {"warm": 0, "joint": 1, "last": 2}
+# Library defaults (the official settings.py); conf/model/protopnet.yaml sets the run's.
+LOSS_DEFAULTS = {"cross_entropy": 1.0, "cluster": 0.8, "separation": -0.08, "l1": 1e-4}
+OPTIMIZER_DEFAULTS = {
+    "warm": {"add_on_layers": 3e-3, "prototype_vectors": 3e-3},
+    "joint": {"features": 1e-4, "add_on_layers": 3e-3, "prototype_vectors": 3e-3},
+    "last_layer": 1e-4,
+    "weight_decay": 1e-3,  # features and add-on layers
+    "joint_lr_step_size": 5,
+    "joint_lr_gamma": 0.1,
+}
+PUSH_DEFAULTS = {
+    "metric": "l2",
+    "device": "auto",
+    "high_activation_percentile": 95.0,
+    "log_test_accuracy": True,
+}
 
 
 class ProtoPNet(L.LightningModule):
@@ -190,22 +207,10 @@ class ProtoPNet(L.LightningModule):
         )
         if init_from_blackbox is not None:
             self.init_backbone_from(init_from_blackbox)
-        self.loss_weights = {
-            "cross_entropy": 1.0,
-            "cluster": 0.8,
-            "separation": -0.08,
-            "l1": 1e-4,
-            **dict(loss or {}),
-        }
-        self.optimizer_settings = dict(optimizer or {})
+        self.loss_weights = checked_settings(loss, LOSS_DEFAULTS, "model.loss")
+        self.optimizer_settings = checked_settings(optimizer, OPTIMIZER_DEFAULTS, "model.optimizer")
         self.schedule = ProtoPNetSchedule(**dict(schedule or {}))
-        self.push_settings = {
-            "metric": "l2",
-            "device": "auto",
-            "high_activation_percentile": 95.0,
-            "log_test_accuracy": True,
-            **dict(push or {}),
-        }
+        self.push_settings = checked_settings(push, PUSH_DEFAULTS, "model.push")
         self.plan = self.schedule.plan()
         self.projection: Projection | None = None
         self.extras: dict[str, Any] = {}
@@ -330,15 +335,7 @@ class ProtoPNet(L.LightningModule):
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
         """The official optimizers: warm (add-on, prototypes), joint (+ features, StepLR), last layer."""
-        o = {
-            "warm": {"add_on_layers": 3e-3, "prototype_vectors": 3e-3},
-            "joint": {"features": 1e-4, "add_on_layers": 3e-3, "prototype_vectors": 3e-3},
-            "last_layer": 1e-4,
-            "weight_decay": 1e-3,
-            "joint_lr_step_size": 5,
-            "joint_lr_gamma": 0.1,
-            **self.optimizer_settings,
-        }
+        o = self.optimizer_settings
         groups = self.net.parameter_groups()
         decay = {
             "features": o["weight_decay"],
