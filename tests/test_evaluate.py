@@ -73,7 +73,7 @@ def test_missing_artifact_names_the_stage_to_run(tiny_demo, stage_config, tmp_pa
 def test_models_of_another_dataset_are_refused(tiny_demo, stage_config, tmp_path: Path):
     other = make_dataset(tmp_path / "three", classes=3, per_class=6, size=48, seed=1)
     cfg = stage_config("evaluate", f"from_run={tiny_demo.run_dir}", f"data.root={other}", *SMALL)
-    with pytest.raises(IncompatibleWeightsError, match="4 classes but the data has 3"):
+    with pytest.raises(IncompatibleWeightsError, match="predicts 4 classes but the data has 3"):
         run_evaluate(cfg)
 
 

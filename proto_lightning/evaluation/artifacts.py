@@ -12,8 +12,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from proto_lightning.errors import IncompatibleWeightsError, MissingArtifactError
+from proto_lightning.errors import MissingArtifactError
 from proto_lightning.models import BlackBoxClassifier, BlackBoxNet
+from proto_lightning.models.files import require_class_count
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
 from proto_lightning.models.protopnet import ProtoPNet
 
@@ -66,23 +67,21 @@ def locate(cfg: DictConfig) -> dict[str, Path]:
     return paths
 
 
-def _check_classes(name: str, path: Path, found: int, expected: int) -> None:
-    if found != expected:
-        raise IncompatibleWeightsError(
-            f"{name} {path} has {found} classes but the data has {expected}: "
-            "it was made on another dataset; evaluate it with the data it was trained on"
-        )
-
-
 def load_models(paths: dict[str, Path], num_classes: int) -> Models:
     """Load every located model on CPU and check it classifies the data's classes."""
     blackbox = BlackBoxClassifier.load_checkpoint(paths["blackbox_ckpt"]).net.eval()
-    _check_classes("black box", paths["blackbox_ckpt"], blackbox.head.out_features, num_classes)
+    require_class_count(
+        "black box", paths["blackbox_ckpt"], blackbox.head.out_features, num_classes, "evaluate"
+    )
     posthoc = protopnet = None
     if "posthoc" in paths:
         posthoc = PostHocPrototypeNetwork.load(paths["posthoc"], blackbox=blackbox)
-        _check_classes("post-hoc artifact", paths["posthoc"], posthoc.num_classes, num_classes)
+        require_class_count(
+            "post-hoc artifact", paths["posthoc"], posthoc.num_classes, num_classes, "evaluate"
+        )
     if "protopnet_ckpt" in paths:
         protopnet = ProtoPNet.load_checkpoint(paths["protopnet_ckpt"])
-        _check_classes("ProtoPNet", paths["protopnet_ckpt"], protopnet.num_classes, num_classes)
+        require_class_count(
+            "ProtoPNet", paths["protopnet_ckpt"], protopnet.num_classes, num_classes, "evaluate"
+        )
     return Models(blackbox, posthoc, protopnet, paths)

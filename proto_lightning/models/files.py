@@ -41,3 +41,12 @@ def checkpoint_hyperparameters(
             f"{path} is not a {kind} checkpoint (hyper-parameters: {sorted(params)})"
         )
     return dict(params)
+
+
+def require_class_count(what: str, path: str | Path, found: int, expected: int, stage: str) -> None:
+    """Refuse a model file that predicts another number of classes than the data has."""
+    if found != expected:
+        raise IncompatibleWeightsError(
+            f"{what} {path} predicts {found} classes but the data has {expected}: it was made on "
+            f"another dataset; {stage} it on the data it was trained on"
+        )

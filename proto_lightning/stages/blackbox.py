@@ -8,8 +8,8 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models import BlackBoxClassifier
+from proto_lightning.models.files import require_class_count
 from proto_lightning.stages.common import (
     StageResult,
     build_trainer,
@@ -34,11 +34,9 @@ def run_test(cfg: DictConfig) -> StageResult:
     """Report the test accuracy of a black-box checkpoint on the configured data."""
     run_dir, datamodule = start_run(cfg)
     model = BlackBoxClassifier.load_checkpoint(cfg.ckpt_path)
-    if model.hparams.num_classes != datamodule.num_classes:
-        raise IncompatibleWeightsError(
-            f"checkpoint {cfg.ckpt_path} predicts {model.hparams.num_classes} classes but "
-            f"{datamodule.root} has {datamodule.num_classes}; test it on the dataset it was trained on"
-        )
+    require_class_count(
+        "checkpoint", cfg.ckpt_path, model.hparams.num_classes, datamodule.num_classes, "test"
+    )
     trainer = build_trainer(cfg)
     metrics = trainer.test(model, datamodule=datamodule, verbose=False)
     finish_logging(trainer.logger)

@@ -14,6 +14,7 @@ from proto_lightning.config import resolved_container
 from proto_lightning.distributed import barrier, contiguous_share, gather_objects, launch
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models import BlackBoxClassifier, BlackBoxNet
+from proto_lightning.models.files import require_class_count
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
 from proto_lightning.prototypes.boxes import high_activation_box, receptive_field_boxes
 from proto_lightning.prototypes.decomposition import HeadDecomposition, decompose_head
@@ -175,11 +176,13 @@ def run_decompose(cfg: DictConfig) -> StageResult:
     """Decompose the head of `cfg.blackbox_ckpt` into `model.prototypes_per_class` prototypes per class."""
     run_dir, datamodule = start_run(cfg)
     blackbox = BlackBoxClassifier.load_checkpoint(cfg.blackbox_ckpt)
-    if blackbox.hparams.num_classes != datamodule.num_classes:
-        raise IncompatibleWeightsError(
-            f"black box {cfg.blackbox_ckpt} predicts {blackbox.hparams.num_classes} classes but "
-            f"{datamodule.root} has {datamodule.num_classes}: decompose it on the dataset it was trained on"
-        )
+    require_class_count(
+        "black box",
+        cfg.blackbox_ckpt,
+        blackbox.hparams.num_classes,
+        datamodule.num_classes,
+        "decompose",
+    )
     expected = cfg.model.get("backbone")
     if expected is not None and expected.name != blackbox.net.backbone.name:
         raise IncompatibleWeightsError(
