@@ -1,5 +1,6 @@
 """The black-box stage on CPU: fit, checkpoints, resolved config, resume, kill-and-resume, test, bad checkpoints."""
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,10 @@ def test_killed_run_resumes_from_its_last_checkpoint(stage_config):
     assert (
         final["optimizer_states"][0]["state"][0]["step"] == optimizer_steps * 3 / 2
     )  # AdamW state carried on
+    with open(resumed.run_dir / "logs" / "metrics.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    validated = [int(row["epoch"]) for row in rows if row["val/acc"]]
+    assert validated == [0, 1, 2]  # the killed attempt's epochs are still in the resumed run's log
 
 
 def test_checkpoint_of_another_architecture_is_refused(stage_config, tmp_path: Path):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from proto_lightning.config import resolved_container
+from proto_lightning.config import CONF_DIR, resolved_container
 from proto_lightning.distributed import barrier, contiguous_share, gather_objects, launch
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models import BlackBoxClassifier, BlackBoxNet
@@ -155,12 +155,7 @@ def evaluation_config(cfg: DictConfig, artifact: Path) -> DictConfig:
     """The evaluate stage's config for the network just made: its rows only, into <run>/evaluate,
     logged as CSV there (this stage's logger carries the metrics, e.g. to a W&B sweep)."""
     evaluation = OmegaConf.merge(cfg.evaluation, {"methods": ["posthoc"]})
-    csv = {
-        "_target_": "lightning.pytorch.loggers.CSVLogger",
-        "save_dir": "${run_dir}",
-        "name": "logs",
-        "version": "",
-    }
+    csv = OmegaConf.load(CONF_DIR / "logger" / "csv.yaml")
     return stage_config(
         cfg,
         "evaluate",

@@ -1,0 +1,31 @@
+"""The CSV logger of the stages: Lightning's, except that a run resumed in its own folder keeps its rows."""
+
+from __future__ import annotations
+
+import csv
+
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Appends to an existing metrics.csv (Lightning's writer deletes it) and keeps its columns."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])
+
+
+class ResumableCSVLogger(CSVLogger):
+    """`CSVLogger` whose metrics.csv survives a killed run resumed in place (`ckpt_path=` + same folder)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        """The writer, created on first use; an existing metrics.csv is continued, not replaced."""
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
