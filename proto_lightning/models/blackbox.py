@@ -186,12 +186,8 @@ class BlackBoxClassifier(L.LightningModule):
             map_location=map_location,
         )
         params = checkpoint_hyperparameters(
-            checkpoint, {"backbone", "num_classes", "optimizer"}, path, "BlackBoxClassifier"
+            checkpoint, {"num_classes", "optimizer"}, path, "BlackBoxClassifier"
         )
-        params = {
-            **params,
-            "backbone": {**params["backbone"], "weights": None},
-        }  # weights come from the file
         model = cls(**params)
         model.net.load_state_dict(
             {

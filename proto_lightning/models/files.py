@@ -34,13 +34,16 @@ def read_torch_file(
 def checkpoint_hyperparameters(
     checkpoint: Any, required: Iterable[str], path: str | Path, kind: str
 ) -> dict[str, Any]:
-    """The Lightning checkpoint's hyper-parameters, refusing a checkpoint of another kind of model."""
+    """The Lightning checkpoint's hyper-parameters to rebuild its model, refusing a checkpoint of another kind.
+
+    The backbone's pretrained weights are dropped (`weights: None`): the checkpoint holds the weights.
+    """
     params = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-    if not set(required) <= params.keys():
+    if not {"backbone", *required} <= params.keys():
         raise IncompatibleWeightsError(
             f"{path} is not a {kind} checkpoint (hyper-parameters: {sorted(params)})"
         )
-    return dict(params)
+    return {**params, "backbone": {**params["backbone"], "weights": None}}
 
 
 def require_class_count(what: str, path: str | Path, found: int, expected: int, stage: str) -> None:

@@ -389,13 +389,9 @@ class ProtoPNet(L.LightningModule):
             "train one with `proto-lightning protopnet`",
             map_location=map_location,
         )
-        required = {"backbone", "num_classes", "prototypes_per_class", "prototype_dim"}
+        required = {"num_classes", "prototypes_per_class", "prototype_dim"}
         params = checkpoint_hyperparameters(checkpoint, required, path, "ProtoPNet")
-        weights_from_file = {
-            "backbone": {**params["backbone"], "weights": None},
-            "init_from_blackbox": None,
-        }
-        model = cls(**{**params, **weights_from_file})
+        model = cls(**{**params, "init_from_blackbox": None})  # the weights come from the file
         model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"])
         return model.eval()
