@@ -25,7 +25,8 @@ def test_logits_are_gap_then_linear_head(name: str):
         / (feature_map.shape[2] * feature_map.shape[3])
         + b.double()
     )
-    assert torch.allclose(logits.double(), by_hand, atol=1e-5)
+    # float32 sums of D terms: relative error ~1e-6 of logits that reach 1e3-1e4 at random init
+    assert torch.allclose(logits.double(), by_hand, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "densenet121"])
