@@ -19,8 +19,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact")
     parser.add_argument("--data", default="data/parts")
+    parser.add_argument(
+        "--trust-file",
+        action="store_true",
+        help="unpickle any object in the artifact (runs code in it): only for a file you made",
+    )
     args = parser.parse_args()
-    model = PostHocPrototypeNetwork.load(args.artifact)
+    model = PostHocPrototypeNetwork.load(args.artifact, trust_file=args.trust_file)
     size = model.extras["image_size"]
     datamodule = CUB200DataModule(
         args.data,

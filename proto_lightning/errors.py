@@ -26,3 +26,7 @@ class ConfigKeyError(ProtoLightningError, KeyError):
 
 class MissingArtifactError(ProtoLightningError, FileNotFoundError):
     """An output of an earlier stage is missing; the message names the stage that makes it."""
+
+
+class UntrustedFileError(IncompatibleWeightsError):
+    """A file holds pickled Python objects that could run code when read; it is refused unread."""

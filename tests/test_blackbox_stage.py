@@ -24,13 +24,13 @@ def test_tiny_fit_writes_checkpoints_config_and_test_accuracy(stage_config):
     assert saved["model"]["num_classes"] == 4 and saved["trainer"]["max_epochs"] == 2
     assert "${" not in (result.run_dir / "config.yaml").read_text()  # resolved
     assert (result.run_dir / "logs" / "metrics.csv").is_file()  # csv logger
-    assert torch.load(ckpts / "last.ckpt", weights_only=False)["epoch"] == 1
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 1
 
 
 def test_resume_continues_the_epoch_count(stage_config, tmp_path: Path):
     first = run_blackbox(stage_config("blackbox", "trainer.max_epochs=1", "run_test=false"))
     last = first.artifacts["checkpoints"] / "last.ckpt"
-    steps_one_epoch = torch.load(last, weights_only=False)["global_step"]
+    steps_one_epoch = torch.load(last, weights_only=True)["global_step"]
     resumed = run_blackbox(
         stage_config(
             "blackbox",
@@ -40,7 +40,7 @@ def test_resume_continues_the_epoch_count(stage_config, tmp_path: Path):
             f"run_dir={tmp_path / 'resumed'}",
         )
     )
-    state = torch.load(resumed.artifacts["checkpoints"] / "last.ckpt", weights_only=False)
+    state = torch.load(resumed.artifacts["checkpoints"] / "last.ckpt", weights_only=True)
     assert state["epoch"] == 2 and state["global_step"] == 3 * steps_one_epoch
     assert resumed.metrics["epochs"] == 3
 
@@ -56,13 +56,13 @@ def test_killed_run_resumes_from_its_last_checkpoint(stage_config):
     with pytest.raises(KilledRun):
         run_blackbox(cfg)
     last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
-    state = torch.load(last, weights_only=False)
+    state = torch.load(last, weights_only=True)
     assert state["epoch"] == 1  # epochs 0 and 1 done and saved; nothing lost
     optimizer_steps = state["optimizer_states"][0]["state"][0]["step"]
     resumed = run_blackbox(
         stage_config("blackbox", "trainer.max_epochs=3", f"ckpt_path={last}", "run_test=false")
     )
-    final = torch.load(resumed.artifacts["checkpoints"] / "last.ckpt", weights_only=False)
+    final = torch.load(resumed.artifacts["checkpoints"] / "last.ckpt", weights_only=True)
     assert final["epoch"] == 2
     assert (
         final["optimizer_states"][0]["state"][0]["step"] == optimizer_steps * 3 / 2
@@ -108,7 +108,7 @@ def test_test_stage_refuses_bad_checkpoints(stage_config, tmp_path: Path):
     with pytest.raises(IncompatibleWeightsError, match="not a BlackBoxClassifier"):
         run_test(stage_config("test", f"ckpt_path={foreign}"))
     first = run_blackbox(stage_config("blackbox", "run_test=false", f"run_dir={tmp_path / 'a'}"))
-    state = torch.load(first.artifacts["checkpoints"] / "last.ckpt", weights_only=False)
+    state = torch.load(first.artifacts["checkpoints"] / "last.ckpt", weights_only=True)
     state["hyper_parameters"]["num_classes"] = 9
     state["state_dict"]["net.head.weight"] = torch.zeros(9, 256)
     state["state_dict"]["net.head.bias"] = torch.zeros(9)

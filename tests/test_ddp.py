@@ -15,7 +15,7 @@ def test_ddp_cpu_fit_with_two_gloo_processes(parts_root: Path, tmp_path: Path):
     overrides = [o for o in fast_overrides(parts_root, run) if not o.startswith("trainer=")]
     done = run_cli("blackbox", *overrides, "trainer=ddp_cpu", "trainer.max_epochs=2")
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in done.stderr + done.stdout
-    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["epoch"] == 1
     # 12 train images, batch 8, 2 ranks -> each rank sees 6 -> 1 step per epoch
     assert state["global_step"] == 2
@@ -44,8 +44,8 @@ def test_decompose_and_evaluate_on_two_gloo_processes_match_one(parts_root: Path
             assert (
                 "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in done.stderr + done.stdout
             )
-    one = torch.load(tmp_path / "dec_one" / "posthoc.pt", weights_only=False)
-    two = torch.load(tmp_path / "dec_two" / "posthoc.pt", weights_only=False)
+    one = torch.load(tmp_path / "dec_one" / "posthoc.pt", weights_only=True)
+    two = torch.load(tmp_path / "dec_two" / "posthoc.pt", weights_only=True)
     assert torch.allclose(one["prototypes"], two["prototypes"], atol=1e-6)
     for key in ("rows", "locations"):  # the min-reduce over rank shards finds the same patches
         assert torch.equal(one["projection"][key], two["projection"][key])

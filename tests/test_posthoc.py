@@ -79,7 +79,7 @@ def test_load_in_a_fresh_process_gives_identical_logits(decomposed, tmp_path: Pa
         "import sys, torch\n"
         "from proto_lightning.models.posthoc import PostHocPrototypeNetwork\n"
         "m = PostHocPrototypeNetwork.load(sys.argv[1])\n"
-        "torch.save(m(torch.load(sys.argv[2])), sys.argv[3])\n"
+        "torch.save(m(torch.load(sys.argv[2], weights_only=True)), sys.argv[3])\n"
     )
     out = tmp_path / "logits.pt"
     subprocess.run(

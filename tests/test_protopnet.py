@@ -187,7 +187,7 @@ def test_stage_logs_accuracy_around_push_and_draws_the_gallery(parts_root: Path,
 
 def test_killed_run_resumes_phase_epoch_and_optimizers(parts_root: Path, tmp_path: Path):
     full = run_protopnet(config(parts_root, tmp_path / "full"))
-    reference = torch.load(full.artifacts["last checkpoint"], weights_only=False)
+    reference = torch.load(full.artifacts["last checkpoint"], weights_only=True)
     killed_cfg = config(
         parts_root,
         tmp_path / "killed",
@@ -199,12 +199,12 @@ def test_killed_run_resumes_phase_epoch_and_optimizers(parts_root: Path, tmp_pat
     ):  # plan: warm, joint, joint, last(push), last, joint, last(push), last
         run_protopnet(killed_cfg)
     last = Path(killed_cfg.run_dir) / "checkpoints" / "last.ckpt"
-    mid = torch.load(last, weights_only=False)
+    mid = torch.load(last, weights_only=True)
     assert (
         mid["epoch"] == 3 and "protopnet_push" in mid
     )  # in the last-layer phase, after the first push
     resumed = run_protopnet(config(parts_root, tmp_path / "resumed", f"ckpt_path={last}"))
-    final = torch.load(resumed.artifacts["last checkpoint"], weights_only=False)
+    final = torch.load(resumed.artifacts["last checkpoint"], weights_only=True)
     assert final["epoch"] == reference["epoch"] == 7
     for opt_final, opt_ref in zip(
         final["optimizer_states"], reference["optimizer_states"], strict=True

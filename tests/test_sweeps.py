@@ -48,7 +48,7 @@ def test_multirun_grid_writes_one_network_per_point_in_one_group(
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert len(jobs) == 4
     ks = sorted(
-        torch.load(j / "posthoc.pt", weights_only=False)["prototypes"].shape[1] for j in jobs
+        torch.load(j / "posthoc.pt", weights_only=True)["prototypes"].shape[1] for j in jobs
     )
     assert ks == [2, 2, 3, 3]
     groups = {yaml.safe_load((j / "config.yaml").read_text())["group"] for j in jobs}

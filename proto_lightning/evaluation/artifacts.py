@@ -67,20 +67,25 @@ def locate(cfg: DictConfig) -> dict[str, Path]:
     return paths
 
 
-def load_models(paths: dict[str, Path], num_classes: int) -> Models:
-    """Load every located model on CPU and check it classifies the data's classes."""
-    blackbox = BlackBoxClassifier.load_checkpoint(paths["blackbox_ckpt"]).net.eval()
+def load_models(paths: dict[str, Path], num_classes: int, trust_file: bool = False) -> Models:
+    """Load every located model on CPU (as data unless `trust_file`) and check it classifies the
+    data's classes."""
+    blackbox = BlackBoxClassifier.load_checkpoint(
+        paths["blackbox_ckpt"], trust_file=trust_file
+    ).net.eval()
     require_class_count(
         "black box", paths["blackbox_ckpt"], blackbox.head.out_features, num_classes, "evaluate"
     )
     posthoc = protopnet = None
     if "posthoc" in paths:
-        posthoc = PostHocPrototypeNetwork.load(paths["posthoc"], blackbox=blackbox)
+        posthoc = PostHocPrototypeNetwork.load(
+            paths["posthoc"], blackbox=blackbox, trust_file=trust_file
+        )
         require_class_count(
             "post-hoc artifact", paths["posthoc"], posthoc.num_classes, num_classes, "evaluate"
         )
     if "protopnet_ckpt" in paths:
-        protopnet = ProtoPNet.load_checkpoint(paths["protopnet_ckpt"])
+        protopnet = ProtoPNet.load_checkpoint(paths["protopnet_ckpt"], trust_file=trust_file)
         require_class_count(
             "ProtoPNet", paths["protopnet_ckpt"], protopnet.num_classes, num_classes, "evaluate"
         )

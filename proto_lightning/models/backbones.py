@@ -73,7 +73,7 @@ def load_state_dict_file(
     module: nn.Module, path: Path, ignore_prefixes: tuple[str, ...] = ()
 ) -> None:
     """Load a state dict saved with `torch.save` into `module`, or explain what does not fit."""
-    state = read_torch_file(path, "weight file", weights_only=True)
+    state = read_torch_file(path, "weight file")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise IncompatibleWeightsError(f"{path} holds a {type(state).__name__}, not a state dict")

@@ -177,13 +177,17 @@ class BlackBoxClassifier(L.LightningModule):
                 )
 
     @classmethod
-    def load_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> BlackBoxClassifier:
-        """Load a black-box checkpoint with a clear error for a missing, truncated or foreign file."""
+    def load_checkpoint(
+        cls, path: str | Path, map_location: str = "cpu", trust_file: bool = False
+    ) -> BlackBoxClassifier:
+        """Load a black-box checkpoint with a clear error for a missing, truncated or foreign file
+        (read as data; `trust_file` unpickles any object: only for a file the user made)."""
         checkpoint = read_torch_file(
             path,
             "black-box checkpoint",
             "train one with `proto-lightning blackbox`",
             map_location=map_location,
+            trust_file=trust_file,
         )
         params = checkpoint_hyperparameters(
             checkpoint, {"num_classes", "optimizer"}, path, "BlackBoxClassifier"

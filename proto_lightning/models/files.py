@@ -1,14 +1,26 @@
-"""Reading the files models come from (checkpoints, artifacts, weight files) with errors that say what to do."""
+"""Reading the files models come from (checkpoints, artifacts, weight files) with errors that say what to do.
+
+Every file a user names is data, never code: it is read with `torch.load(weights_only=True)`, which
+unpickles tensors, containers and plain values only and refuses any other Python object (a pickle
+can name any callable, e.g. `os.system`, and unpickling calls it). `trust_file=True` is the
+explicit, documented opt-in to a full unpickle, for an old file the user made themselves.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import pickle
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from proto_lightning.errors import IncompatibleWeightsError
+from proto_lightning.errors import IncompatibleWeightsError, UntrustedFileError
+
+# torch's weights-only unpickler prefixes every refusal of a Python object with this sentence
+_WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
 
 
 def read_torch_file(
@@ -16,19 +28,57 @@ def read_torch_file(
     what: str,
     made_by: str | None = None,
     error: type[Exception] = IncompatibleWeightsError,
-    weights_only: bool = False,
-    map_location: str = "cpu",
+    map_location: str | torch.device = "cpu",
+    trust_file: bool = False,
 ) -> Any:
-    """`torch.load` a file: a missing one names what makes it, a truncated or foreign one raises `error`."""
+    """`torch.load` a file as data: missing names what makes it; code in it raises `UntrustedFileError`;
+    a truncated or foreign one raises `error`. `trust_file` unpickles any object (runs code)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"{what} {path} does not exist" + (f"; {made_by}" if made_by else "")
         )
     try:
-        return torch.load(path, map_location=map_location, weights_only=weights_only)
+        return torch.load(path, map_location=map_location, weights_only=not trust_file)
+    except pickle.UnpicklingError as err:
+        if str(err).startswith(_WEIGHTS_ONLY_REFUSAL):
+            raise UntrustedFileError(
+                f"refused to read {what} {path}: it holds Python objects other than tensors and plain "
+                f"values ({_refused_object(str(err))}), and unpickling those can run code. Files this "
+                "project writes hold none. If you made this file yourself (e.g. a posthoc.pt of "
+                "artifact format 1, which kept numpy arrays), pass trust_file=true to read it anyway."
+            ) from err
+        raise error(f"cannot read {what} {path} (truncated or not a torch file): {err}") from err
     except Exception as err:
         raise error(f"cannot read {what} {path} (truncated or not a torch file): {err}") from err
+
+
+def _refused_object(message: str) -> str:
+    """The object torch's weights-only unpickler refused, as it names it (e.g. `GLOBAL posix.system`)."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    return f"it names {found.group(1)}" if found else "see torch's message below"
+
+
+def plain_data(value: Any) -> Any:
+    """`value` as what `torch.load(weights_only=True)` reads: tensors (from numpy arrays too), numbers,
+    strings, None, and dicts, lists and tuples of them; anything else is a `TypeError`."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {key: plain_data(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(plain_data(item) for item in value)
+    if isinstance(value, Sequence):
+        return [plain_data(item) for item in value]
+    raise TypeError(f"{type(value).__name__} is not plain data (tensor, number, string, container)")
 
 
 def checkpoint_hyperparameters(

@@ -21,10 +21,13 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.blackbox import BlackBoxClassifier, BlackBoxNet
-from proto_lightning.models.files import read_torch_file
+from proto_lightning.models.files import plain_data, read_torch_file
 from proto_lightning.prototypes.projection import Projection
 
-ARTIFACT_FORMAT = "proto-lightning/posthoc-ppn/1"
+# format 2 holds tensors and plain values only (read with weights_only=True); format 1 held numpy
+# arrays, which only a full unpickle reads: it is read behind `trust_file=True` alone
+ARTIFACT_FORMAT = "proto-lightning/posthoc-ppn/2"
+READABLE_FORMATS = (ARTIFACT_FORMAT, "proto-lightning/posthoc-ppn/1")
 
 
 class IncompatibleArtifactError(IncompatibleWeightsError):
@@ -162,7 +165,10 @@ class PostHocPrototypeNetwork(L.LightningModule):
     # ---- artifact -------------------------------------------------------------------------------
 
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        """Write one self-contained artifact atomically (temp file in the same folder, then rename)."""
+        """Write one self-contained artifact atomically (temp file in the same folder, then rename).
+
+        It holds tensors and plain values only, so it reads back with `torch.load(weights_only=True)`.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {
@@ -170,13 +176,13 @@ class PostHocPrototypeNetwork(L.LightningModule):
             "prototypes": self.prototypes.cpu(),
             "bias": self.bias.cpu(),
             "projection": self.projection.to_dict() if self.projection is not None else None,
-            "extras": self.extras,
+            "extras": plain_data(self.extras),
             "blackbox": {
                 "backbone": self.blackbox.backbone.name,
                 "num_classes": self.num_classes,
                 "state_dict": {k: v.cpu() for k, v in self.blackbox.state_dict().items()},
             },
-            "metadata": dict(metadata or {}),
+            "metadata": plain_data(dict(metadata or {})),
         }
         buffer = io.BytesIO()
         torch.save(state, buffer)
@@ -198,16 +204,22 @@ class PostHocPrototypeNetwork(L.LightningModule):
         path: str | Path,
         blackbox: BlackBoxNet | str | Path | None = None,
         map_location: str = "cpu",
+        trust_file: bool = False,
     ) -> PostHocPrototypeNetwork:
-        """Restore an artifact; `blackbox` (a net or checkpoint path) must be the one it was made from."""
+        """Restore an artifact; `blackbox` (a net or checkpoint path) must be the one it was made from.
+
+        `trust_file` unpickles any object (an artifact of format 1, made before artifacts held
+        tensors only): only for a file the user made; it also applies to a `blackbox` path.
+        """
         state = read_torch_file(
             path,
             "post-hoc artifact",
             "run `proto-lightning decompose` first",
             error=IncompatibleArtifactError,
             map_location=map_location,
+            trust_file=trust_file,
         )
-        if not isinstance(state, dict) or state.get("format") != ARTIFACT_FORMAT:
+        if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
             found = state.get("format") if isinstance(state, dict) else type(state).__name__
             raise IncompatibleArtifactError(
                 f"{path} is not a post-hoc PPN artifact of format {ARTIFACT_FORMAT} (found {found!r})"
@@ -219,7 +231,7 @@ class PostHocPrototypeNetwork(L.LightningModule):
             blackbox = own
         else:
             if not isinstance(blackbox, BlackBoxNet):
-                blackbox = BlackBoxClassifier.load_checkpoint(blackbox).net
+                blackbox = BlackBoxClassifier.load_checkpoint(blackbox, trust_file=trust_file).net
             mine, theirs = own.head.weight, blackbox.head.weight
             if mine.shape != theirs.shape:
                 raise IncompatibleArtifactError(

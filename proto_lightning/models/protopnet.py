@@ -191,9 +191,10 @@ class ProtoPNet(L.LightningModule):
         schedule: Mapping[str, Any] | None = None,
         push: Mapping[str, Any] | None = None,
         init_from_blackbox: str | None = None,
+        trust_file: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["trust_file"])  # how a file is read is not the model
         backbone = dict(backbone)
         self.net = ProtoPNetNet(
             backbone["name"],
@@ -206,7 +207,7 @@ class ProtoPNet(L.LightningModule):
             incorrect_class_connection,
         )
         if init_from_blackbox is not None:
-            self.init_backbone_from(init_from_blackbox)
+            self.init_backbone_from(init_from_blackbox, trust_file)
         self.loss_weights = checked_settings(loss, LOSS_DEFAULTS, "model.loss")
         self.optimizer_settings = checked_settings(optimizer, OPTIMIZER_DEFAULTS, "model.optimizer")
         self.schedule = ProtoPNetSchedule(**dict(schedule or {}))
@@ -222,9 +223,11 @@ class ProtoPNet(L.LightningModule):
             }
         )
 
-    def init_backbone_from(self, blackbox_ckpt: str | Path) -> None:
+    def init_backbone_from(self, blackbox_ckpt: str | Path, trust_file: bool = False) -> None:
         """Start the backbone from a trained black box's, as the official code starts from pretrained weights."""
-        source = BlackBoxClassifier.load_checkpoint(blackbox_ckpt).net.backbone
+        source = BlackBoxClassifier.load_checkpoint(
+            blackbox_ckpt, trust_file=trust_file
+        ).net.backbone
         if source.name != self.net.backbone.name:
             raise IncompatibleWeightsError(
                 f"init_from_blackbox={blackbox_ckpt} has backbone {source.name!r}, this ProtoPNet "
@@ -381,13 +384,17 @@ class ProtoPNet(L.LightningModule):
             }
 
     @classmethod
-    def load_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> ProtoPNet:
-        """Load a ProtoPNet checkpoint (weights and last push) with a clear error for a missing or foreign file."""
+    def load_checkpoint(
+        cls, path: str | Path, map_location: str = "cpu", trust_file: bool = False
+    ) -> ProtoPNet:
+        """Load a ProtoPNet checkpoint (weights and last push) with a clear error for a missing or
+        foreign file (read as data; `trust_file` unpickles any object: only for a file the user made)."""
         checkpoint = read_torch_file(
             path,
             "ProtoPNet checkpoint",
             "train one with `proto-lightning protopnet`",
             map_location=map_location,
+            trust_file=trust_file,
         )
         required = {"num_classes", "prototypes_per_class", "prototype_dim"}
         params = checkpoint_hyperparameters(checkpoint, required, path, "ProtoPNet")

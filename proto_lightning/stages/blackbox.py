@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from proto_lightning.models import BlackBoxClassifier
 from proto_lightning.models.files import require_class_count
 from proto_lightning.stages.common import (
     StageResult,
+    build,
     build_trainer,
     finish_logging,
     fit_and_test,
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def run_blackbox(cfg: DictConfig) -> StageResult:
     """Train the configured black box on the configured data; resume from `ckpt_path` if given."""
     run_dir, datamodule = start_run(cfg)
-    model: BlackBoxClassifier = instantiate(cfg.model, _convert_="all")
+    model: BlackBoxClassifier = build(cfg.model, _convert_="all")
     result = fit_and_test(cfg, "blackbox", model, datamodule, run_dir, test_checkpoint="best")
     finish_logging(model.trainer.logger)
     return result
@@ -33,7 +33,7 @@ def run_blackbox(cfg: DictConfig) -> StageResult:
 def run_test(cfg: DictConfig) -> StageResult:
     """Report the test accuracy of a black-box checkpoint on the configured data."""
     run_dir, datamodule = start_run(cfg)
-    model = BlackBoxClassifier.load_checkpoint(cfg.ckpt_path)
+    model = BlackBoxClassifier.load_checkpoint(cfg.ckpt_path, trust_file=cfg.trust_file)
     require_class_count(
         "checkpoint", cfg.ckpt_path, model.hparams.num_classes, datamodule.num_classes, "test"
     )

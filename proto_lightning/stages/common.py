@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 import wandb
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
@@ -16,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from proto_lightning.config import resolved_container, to_yaml
 from proto_lightning.data import PartDataModule
+from proto_lightning.errors import ProtoLightningError
+from proto_lightning.models.files import read_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +44,23 @@ class StageResult:
         return "\n".join(lines)
 
 
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """Hydra's `instantiate`, but our own errors (bad file, bad key) come out as themselves, not
+    wrapped in Hydra's InstantiationException, so the CLI prints their one-line message."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ProtoLightningError):
+            raise err.__cause__ from None
+        raise
+
+
 def start_run(cfg: DictConfig) -> tuple[Path, PartDataModule]:
     """Seed everything, create the run folder, build the datamodule and record the resolved config."""
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    datamodule: PartDataModule = instantiate(cfg.data)
+    datamodule: PartDataModule = build(cfg.data)
     if "model" in cfg and "num_classes" in cfg.model:
         with open_dict(cfg):
             cfg.model.num_classes = datamodule.num_classes
@@ -61,9 +76,9 @@ def _write_config(cfg: DictConfig, run_dir: Path) -> None:
 
 def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:
     """Instantiate the configured logger, callbacks (null entries are switched off) and trainer."""
-    logger = instantiate(cfg.logger)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, **overrides)
+    logger = build(cfg.logger)
+    callbacks = [build(c) for c in cfg.callbacks.values() if c is not None]
+    trainer: L.Trainer = build(cfg.trainer, logger=logger, callbacks=callbacks, **overrides)
     trainer.logger.log_hyperparams(resolved_container(cfg))
     return trainer
 
@@ -91,12 +106,18 @@ def fit_and_test(
     **trainer_overrides,
 ) -> StageResult:
     """Fit (resuming from `cfg.ckpt_path`), then test the `best` checkpoint or, with None, the final model."""
-    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(
-            f"ckpt_path={cfg.ckpt_path} does not exist; pass a .ckpt file of an earlier run"
+    if cfg.ckpt_path is not None:  # refuse a missing file, or one holding code, before any work
+        read_torch_file(
+            cfg.ckpt_path,
+            "checkpoint to resume (ckpt_path)",
+            "pass a .ckpt file of an earlier run",
+            trust_file=cfg.trust_file,
         )
     trainer = build_trainer(cfg, **trainer_overrides)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    # a resumed checkpoint is read as data too (weights_only), unless the user trusts the file
+    trainer.fit(
+        model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=not cfg.trust_file
+    )
     after_fit = {k: float(v) for k, v in trainer.callback_metrics.items()}  # test() resets them
     result = StageResult(stage, run_dir, metrics={"epochs": float(trainer.current_epoch)})
     result.metrics.update({k: v for k, v in after_fit.items() if k.startswith(FIT_METRIC_PREFIXES)})
@@ -110,7 +131,11 @@ def fit_and_test(
     if cfg.run_test:
         use_best = test_checkpoint == "best" and ckpt_dir is not None
         metrics = trainer.test(
-            model, datamodule=datamodule, ckpt_path="best" if use_best else None, verbose=False
+            model,
+            datamodule=datamodule,
+            ckpt_path="best" if use_best else None,
+            verbose=False,
+            weights_only=True,
         )
         result.metrics["test/acc"] = float(metrics[0]["test/acc"])
     result.artifacts["logs"] = logs_location(trainer)

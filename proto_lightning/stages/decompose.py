@@ -170,7 +170,7 @@ def evaluation_config(cfg: DictConfig, artifact: Path) -> DictConfig:
 def run_decompose(cfg: DictConfig) -> StageResult:
     """Decompose the head of `cfg.blackbox_ckpt` into `model.prototypes_per_class` prototypes per class."""
     run_dir, datamodule = start_run(cfg)
-    blackbox = BlackBoxClassifier.load_checkpoint(cfg.blackbox_ckpt)
+    blackbox = BlackBoxClassifier.load_checkpoint(cfg.blackbox_ckpt, trust_file=cfg.trust_file)
     require_class_count(
         "black box",
         cfg.blackbox_ckpt,

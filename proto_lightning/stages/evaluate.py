@@ -167,7 +167,7 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
     datamodule.setup("test")
     settings = cfg.evaluation
     paths = locate(cfg)
-    models = load_models(paths, datamodule.num_classes)
+    models = load_models(paths, datamodule.num_classes, cfg.trust_file)
     fabric = launch(cfg.trainer)
     rank, world = fabric.global_rank, fabric.world_size
     device = fabric.device if world > 1 else stage_device(cfg)
