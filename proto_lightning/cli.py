@@ -143,9 +143,7 @@ def sweep_objective(cfg: DictConfig, result: StageResult) -> float | None:
 def _run_stage(stage: str, overrides: list[str]) -> int:
     module, function = STAGES[stage][0].split(":")
     task = getattr(importlib.import_module(module), function)
-    hydra_flags = {
-        "-m",
-        "--multirun",
+    hydra_flags = {  # flags that print instead of running; a multirun is checked at its first point
         "--cfg",
         "-c",
         "--help",
@@ -155,7 +153,7 @@ def _run_stage(stage: str, overrides: list[str]) -> int:
         "-i",
     }
     if not hydra_flags & set(overrides):
-        validate_overrides(stage, [o for o in overrides if not o.startswith("-")])
+        validate_overrides(stage, split_hydra_flags(overrides)[1])
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=stage)
     def _main(cfg: DictConfig) -> float | None:

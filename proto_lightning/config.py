@@ -13,8 +13,33 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from proto_lightning.errors import ConfigKeyError
+from proto_lightning.run_stamp import run_stamp
+
+
+def slurm_gpus(devices: Any) -> int:
+    """`trainer.devices` as the GPUs (one task each) per node a SLURM job asks for: a count.
+
+    SLURM must be told the count at submission, on a login node that cannot see the compute
+    nodes' GPUs, so `auto` or -1 cannot be resolved there: refused with the key to set.
+    """
+    if isinstance(devices, Sequence) and not isinstance(devices, str):
+        return len(devices)  # a list of device indices
+    if str(devices).isdigit() and int(devices) > 0:
+        return int(devices)
+    raise ConfigKeyError(
+        f"hydra/launcher=slurm sizes the job from trainer.devices, which is {devices!r}: set "
+        "trainer.devices=<GPUs per node> (e.g. trainer.devices=8), since SLURM needs the count "
+        "before the job starts"
+    )
+
+
+# ${run_stamp:<strftime format>}: the run folder's time stamp, one for all ranks of a launch
+OmegaConf.register_new_resolver("run_stamp", run_stamp, replace=True)
+# ${slurm_gpus:${trainer.devices}}: GPUs and tasks per node of a SLURM job (conf/hydra/launcher/slurm.yaml)
+OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus, replace=True)
 
 CONF_DIR = Path(
     os.environ.get("PROTO_LIGHTNING_CONF", Path(__file__).resolve().parents[1] / "conf")
@@ -36,11 +61,26 @@ def _leaf_keys(node: object, prefix: str = "") -> Iterator[str]:
             yield from _leaf_keys(node._get_node(key), f"{path}.")
 
 
-def validate_overrides(config_name: str, overrides: Sequence[str]) -> None:
-    """Compose once and turn an unknown-key failure into an error listing the closest keys."""
+def first_point(overrides: Sequence[str]) -> list[str]:
+    """A multirun's overrides reduced to its first point (`a=1,2` -> `a=1`), to check before a sweep
+    starts; a sweep over an interval (Optuna's `interval(...)`) is left to the sweeper."""
+    point = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if not override.is_sweep_override():
+            point.append(override.input_line)
+        elif not override.is_interval_sweep():
+            first = next(iter(override.sweep_string_iterator()))
+            point.append(f"{override.get_key_element()}={first}")
+    return point
+
+
+def validate_overrides(config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """Compose once (a sweep at its first point) and turn an unknown key into an error listing the
+    closest keys, and a launcher setting that cannot be resolved (e.g. SLURM with
+    `trainer.devices=auto`) into its own error; returns the composed config."""
+    overrides = first_point(overrides)
     try:
-        compose_config(config_name, overrides)
-        return
+        config = compose_config(config_name, overrides)
     except ConfigCompositionException as err:
         bad = _unknown_key(err)
         if bad is None:
@@ -57,6 +97,15 @@ def validate_overrides(config_name: str, overrides: Sequence[str]) -> None:
             f"Add a new key with '+{bad}=...' if you really mean to; "
             f"`proto-lightning {config_name} --cfg job` prints every key."
         ) from err
+    if config.hydra.get("launcher") is not None:
+        try:  # the launcher sizes the jobs at submission: fail now, not after the sweep starts
+            OmegaConf.to_container(config.hydra.launcher, resolve=True)
+        except InterpolationResolutionError as err:
+            cause = _cause_of_type(err, ConfigKeyError)
+            if cause is not None:
+                raise cause from None
+            raise
+    return config
 
 
 def _did_you_mean(bad: str, keys: Sequence[str]) -> str:
@@ -79,6 +128,13 @@ def checked_settings(
             f"unknown key(s) {unknown} in {where}; known: {sorted(defaults)}.{hint}"
         )
     return {**defaults, **given}
+
+
+def _cause_of_type(err: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of `kind` along the cause chain (omegaconf wraps a resolver's error)."""
+    while err is not None and not isinstance(err, kind):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def _unknown_key(err: BaseException) -> str | None:

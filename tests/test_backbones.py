@@ -25,8 +25,8 @@ def test_logits_are_gap_then_linear_head(name: str):
         / (feature_map.shape[2] * feature_map.shape[3])
         + b.double()
     )
-    # float32 sums of D terms: relative error ~1e-6 of logits that reach 1e3-1e4 at random init
-    assert torch.allclose(logits.double(), by_hand, rtol=1e-5, atol=1e-5)
+    # float32 sums of D terms: the error scales with the largest logit (1e3-1e4 at random init)
+    assert (logits.double() - by_hand).abs().max() <= 1e-5 * by_hand.abs().max()
 
 
 @pytest.mark.parametrize("name", ["resnet18", "densenet121"])

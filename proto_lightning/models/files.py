@@ -41,10 +41,11 @@ def read_torch_file(
     try:
         return torch.load(path, map_location=map_location, weights_only=not trust_file)
     except pickle.UnpicklingError as err:
-        if str(err).startswith(_WEIGHTS_ONLY_REFUSAL):
+        refused = _refused_object(str(err))
+        if refused is not None:
             raise UntrustedFileError(
                 f"refused to read {what} {path}: it holds Python objects other than tensors and plain "
-                f"values ({_refused_object(str(err))}), and unpickling those can run code. Files this "
+                f"values (it names {refused}), and unpickling those can run code. Files this "
                 "project writes hold none. If you made this file yourself (e.g. a posthoc.pt of "
                 "artifact format 1, which kept numpy arrays), pass trust_file=true to read it anyway."
             ) from err
@@ -53,10 +54,13 @@ def read_torch_file(
         raise error(f"cannot read {what} {path} (truncated or not a torch file): {err}") from err
 
 
-def _refused_object(message: str) -> str:
-    """The object torch's weights-only unpickler refused, as it names it (e.g. `GLOBAL posix.system`)."""
+def _refused_object(message: str) -> str | None:
+    """The Python object torch's weights-only unpickler refused (e.g. `posix.system` from its
+    "GLOBAL posix.system"), or None when it refused something else (a truncated or foreign pickle)."""
+    if not message.startswith(_WEIGHTS_ONLY_REFUSAL):
+        return None
     found = re.search(r"GLOBAL ([\w.]+)", message)
-    return f"it names {found.group(1)}" if found else "see torch's message below"
+    return found.group(1) if found else None
 
 
 def plain_data(value: Any) -> Any:

@@ -108,11 +108,17 @@ class ProtoPNetNet(nn.Module):
         return self.add_on(self.backbone.features(x))
 
     def l2_distances(self, z: torch.Tensor) -> torch.Tensor:
-        """Squared L2 distance of every patch to every prototype (B, m, H, W), official expansion."""
-        x2 = F.conv2d(z * z, self.ones)  # (B, m, H, W) sum_d z^2
-        p2 = (self.prototype_vectors**2).sum(dim=(1, 2, 3)).view(-1, 1, 1)  # (m, 1, 1)
-        xp = F.conv2d(z, self.prototype_vectors)  # (B, m, H, W)
-        return F.relu(x2 - 2 * xp + p2)
+        """Squared L2 distance of every patch to every prototype (B, m, H, W), official expansion.
+
+        Always float32, autocast or not: in fp16/bf16 the expansion x2 - 2xp + p2 cancels to
+        errors of ~0.06 near d = 0, which the log-similarity log((d + 1)/(d + eps)) amplifies.
+        """
+        with torch.autocast(z.device.type, enabled=False):
+            z, prototypes = z.float(), self.prototype_vectors.float()
+            x2 = F.conv2d(z * z, self.ones.float())  # (B, m, H, W) sum_d z^2
+            p2 = (prototypes**2).sum(dim=(1, 2, 3)).view(-1, 1, 1)  # (m, 1, 1)
+            xp = F.conv2d(z, prototypes)  # (B, m, H, W)
+            return F.relu(x2 - 2 * xp + p2)
 
     def similarity(self, distances: torch.Tensor) -> torch.Tensor:
         """Official log activation log((d + 1) / (d + eps))."""
@@ -434,6 +440,7 @@ class ProtoPNet(L.LightningModule):
             prototypes.shape[1],
             metric=self.push_settings["metric"],
             device=self.push_settings["device"],
+            gpu=self.device.index if self.device.type == "cuda" else None,
         )
         for batch in datamodule.push_dataloader():
             z = self.net.conv_features(batch["image"].to(self.device))  # (B, d, H, W)
@@ -466,7 +473,7 @@ class ProtoPNet(L.LightningModule):
 
     def _boxes(self, found: Projection, datamodule) -> dict[str, np.ndarray]:
         size = datamodule.image_size
-        rf = receptive_field_boxes(self.net.conv_features, size, found.locations)
+        rf = receptive_field_boxes(self.net.conv_features, size, found.locations, self.device)
         push = datamodule.push_set
         high = np.zeros_like(rf)
         for row in np.unique(found.rows):

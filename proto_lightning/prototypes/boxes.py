@@ -17,6 +17,7 @@ def receptive_field_boxes(
     features_fn: Callable[[torch.Tensor], torch.Tensor],
     image_size: int,
     locations: np.ndarray,
+    device: torch.device | str = "cpu",
     probes: int = 2,
     seed: int = 0,
 ) -> np.ndarray:
@@ -24,10 +25,12 @@ def receptive_field_boxes(
 
     Measured, not derived from layer arithmetic, so every backbone family (residual branches,
     dense blocks) is handled alike: the support of d sum_d F[d, h, w] / d x over a few random inputs.
-    ProtoPNet computes the same box analytically per architecture (receptive_field.py).
+    ProtoPNet computes the same box analytically per architecture (receptive_field.py). The probe
+    is drawn on the CPU (the same numbers on every device) and runs on `device`, the network's.
     """
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(probes, 3, image_size, image_size, generator=generator, requires_grad=True)
+    probe = torch.randn(probes, 3, image_size, image_size, generator=generator)
+    x = probe.to(device).requires_grad_(True)
     boxes = np.zeros((len(locations), 4), dtype=np.int64)
     cache: dict[tuple[int, int], np.ndarray] = {}
     with torch.enable_grad():
@@ -35,7 +38,7 @@ def receptive_field_boxes(
         for n, (h, w) in enumerate(np.asarray(locations).tolist()):
             if (h, w) not in cache:
                 (grad,) = torch.autograd.grad(fmap[:, :, h, w].sum(), x, retain_graph=True)
-                support = grad.abs().sum((0, 1)) > 0  # (H0, W0)
+                support = (grad.abs().sum((0, 1)) > 0).cpu()  # (H0, W0)
                 ys, xs = torch.nonzero(support, as_tuple=True)
                 cache[h, w] = np.array([ys.min(), ys.max() + 1, xs.min(), xs.max() + 1])
             boxes[n] = cache[h, w]

@@ -2,7 +2,7 @@
 
 Tan, Zhou & Chen (ICML 2024), DESIGN.md section 2:
   1. discovery   F_c ~ E P by NMF (`nmf.py`), P = (p_1..p_k) the part bases, E's columns the part maps;
-  2. coefficients alpha = argmin ||v_c - sum_i alpha_i p_i||^2 (least squares, `torch.linalg.lstsq`);
+  2. coefficients alpha = argmin ||v_c - sum_i alpha_i p_i||^2 (minimum-norm least squares, pinv);
   3. refinement  r = v_c - sum_i alpha_i p_i is distributed: p~_i = alpha_i p_i + beta_i r, sum_i beta_i = 1.
 
 Step 3's objective is where the paper (Nelder-Mead over beta under interpretability constraints)
@@ -64,10 +64,14 @@ class HeadDecomposition:
 
 
 def least_squares_alpha(P: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-    """alpha (C, k) minimising ||v_c - P_c^T alpha_c|| for P (C, k, D), V (C, D)."""
-    return torch.linalg.lstsq(
-        P.transpose(1, 2).double(), V.double().unsqueeze(-1)
-    ).solution.squeeze(-1)
+    """alpha (C, k) minimising ||v_c - P_c^T alpha_c|| for P (C, k, D), V (C, D), float64.
+
+    The minimum-norm solution (numpy.linalg.lstsq's), from the SVD pseudo-inverse, so a rank-deficient
+    basis (a dead NMF component: a zero row of P) gets alpha_i = 0 on every device. On CUDA
+    `torch.linalg.lstsq` has only the `gels` driver, which assumes full rank and gives inf/NaN there.
+    """
+    A = P.transpose(1, 2).double()  # (C, D, k)
+    return (torch.linalg.pinv(A) @ V.double().unsqueeze(-1)).squeeze(-1)
 
 
 class HeatmapCosine:

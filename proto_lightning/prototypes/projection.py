@@ -13,7 +13,9 @@ product: its visualisation uses `ip`.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -113,17 +115,39 @@ def _use_gpu(device: str) -> bool:
     return device != "cpu" and gpus > 0
 
 
+def _this_process_gpu() -> int:
+    """The GPU of this process: torch's current CUDA device (Lightning sets it to the rank's local
+    device), else LOCAL_RANK, else 0."""
+    if torch.cuda.is_available():
+        return torch.cuda.current_device()
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+@functools.cache
+def gpu_resources(gpu: int) -> faiss.StandardGpuResources:
+    """One FAISS resources object per GPU per process (each reserves ~1.5 GiB of scratch memory and
+    pinned host memory), shared by every index this process places on that GPU."""
+    return faiss.StandardGpuResources()
+
+
 class NearestPatchIndex:
     """Streaming exact nearest-patch search with optional class restriction (FAISS flat indexes)."""
 
     def __init__(
-        self, dim: int, metric: str = "l2", device: str = "auto", flush_rows: int = 262144
+        self,
+        dim: int,
+        metric: str = "l2",
+        device: str = "auto",
+        flush_rows: int = 262144,
+        gpu: int | None = None,
     ) -> None:
+        """`device` auto/cuda place the indexes on GPU `gpu` (default: this process's, i.e. the
+        DDP rank's own) when FAISS sees one; cpu keeps them in host memory."""
         if metric not in METRICS:
             raise ValueError(f"projection metric must be one of {METRICS}, got {metric!r}")
         self.dim, self.metric = dim, metric
         self.gpu = _use_gpu(device)
-        self._resources = faiss.StandardGpuResources() if self.gpu else None
+        self._gpu_id = (gpu if gpu is not None else _this_process_gpu()) if self.gpu else None
         self._indexes: dict[int, faiss.Index] = {}
         self._meta: dict[int, list[np.ndarray]] = {}  # class -> chunks of (row, image_id, h, w)
         # FAISS reallocates a flat index on every add: small chunks wait here (at most `flush_rows`
@@ -138,7 +162,7 @@ class NearestPatchIndex:
                 faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
             )
             if self.gpu:
-                flat = faiss.index_cpu_to_gpu(self._resources, 0, flat)
+                flat = faiss.index_cpu_to_gpu(gpu_resources(self._gpu_id), self._gpu_id, flat)
             self._indexes[label] = flat
             self._meta[label] = []
         return self._indexes[label]

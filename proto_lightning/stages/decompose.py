@@ -33,6 +33,10 @@ from proto_lightning.stages.evaluate import run_evaluate
 
 log = logging.getLogger(__name__)
 
+# The guarantee (same top-1, max |logit gap| < 1e-4) is a float32 one: under autocast both logits
+# would be rounded to 16 bits, so the network is tested in full precision whatever the trainer says.
+EXACT_PRECISION = "32-true"
+
 
 def _index_rows(
     store: FeatureStore, rows: slice, metric: str, device: str, chunk: int
@@ -90,7 +94,7 @@ def winner_boxes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Receptive-field and high-activation boxes (Q, 4) of each prototype's winning patch, in input pixels."""
     image_size = datamodule.image_size
-    rf = receptive_field_boxes(net.features, image_size, projection.locations)
+    rf = receptive_field_boxes(net.features, image_size, projection.locations, device)
     flat = prototypes.reshape(-1, prototypes.shape[-1]).to(device)  # (Q, D)
     push = datamodule.push_set
     high = np.zeros_like(rf)
@@ -268,7 +272,12 @@ def run_decompose(cfg: DictConfig) -> StageResult:
         "nmf_objective": decomposition.nmf_objective,
         "rf_boxes": rf,
         "high_activation_boxes": high,
-        "map_size": store.map_size,
+        # a rank with no class batch has no store: take the map size of one that has
+        "map_size": next(
+            m
+            for m in gather_objects(store.map_size if store is not None else None)
+            if m is not None
+        ),
         "image_size": datamodule.image_size,
         "class_names": datamodule.records.class_names,
         "part_names": datamodule.records.part_names,
@@ -288,7 +297,13 @@ def run_decompose(cfg: DictConfig) -> StageResult:
         )
     barrier()
 
-    trainer = build_trainer(cfg)
+    if str(cfg.trainer.get("precision")) not in ("32", "32-true", "None"):
+        log.info(
+            "decompose tests in %s, not trainer.precision=%s",
+            EXACT_PRECISION,
+            cfg.trainer.precision,
+        )
+    trainer = build_trainer(cfg, precision=EXACT_PRECISION)
     summary = log_decomposition(decomposition, V, trainer.logger)
     metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
     result = StageResult(

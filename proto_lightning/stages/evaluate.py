@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from proto_lightning.callbacks.gallery import draw_prototype_grid, nearest_patch_image, to_uint8
@@ -37,7 +36,13 @@ from proto_lightning.explainers import (
 from proto_lightning.metrics.bootstrap import Estimate, bootstrap_estimate, mean_estimate
 from proto_lightning.metrics.part_consistency import consistency, region_half_size, stability
 from proto_lightning.prototypes.boxes import high_activation_box
-from proto_lightning.stages.common import StageResult, finish_logging, stage_device, start_run
+from proto_lightning.stages.common import (
+    StageResult,
+    build,
+    finish_logging,
+    stage_device,
+    start_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,17 +149,30 @@ def _joined(pieces: list) -> np.ndarray | torch.Tensor:
 
 
 def gather_images(local: object) -> object:
-    """Join a per-image result (array, tensor, or a tuple / dataclass of them) across ranks."""
-    pieces = gather_objects(local)
+    """Join a per-image result (array, tensor, or a tuple / dataclass of them) across ranks; a rank
+    whose share of the images is empty passes None (every rank must call this the same times)."""
+    pieces = [p for p in gather_objects(local) if p is not None]
+    first = pieces[0]  # rank 0 always has a share
     if len(pieces) == 1:
-        return local
-    if isinstance(local, tuple):
-        return tuple(_joined([p[i] for p in pieces]) for i in range(len(local)))
-    if is_dataclass(local):
-        return type(local)(
-            **{f.name: _joined([getattr(p, f.name) for p in pieces]) for f in fields(local)}
+        return first
+    if isinstance(first, tuple):
+        return tuple(_joined([p[i] for p in pieces]) for i in range(len(first)))
+    if is_dataclass(first):
+        return type(first)(
+            **{f.name: _joined([getattr(p, f.name) for p in pieces]) for f in fields(first)}
         )
     return _joined(pieces)
+
+
+def explain_and_measure(
+    explainer: Explainer, images: torch.Tensor, settings: DictConfig
+) -> tuple[torch.Tensor, np.ndarray, Faithfulness]:
+    """Heatmaps (N, H, W) of the explained model's predicted classes, seconds per image (N,), and
+    their deletion/insertion curves."""
+    with torch.no_grad():
+        targets = explainer.classifier(images).argmax(1)  # RISE explains the predicted class
+    maps, seconds = explain_timed(explainer, images, targets, settings.batch_size)
+    return maps, seconds, faithfulness(explainer, images, maps, targets, settings.faithfulness)
 
 
 def run_evaluate(cfg: DictConfig) -> StageResult:
@@ -182,11 +200,16 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
     estimate = partial(mean_estimate, **boot)
 
     test_set = datamodule.test_set
-    loader = datamodule.subset_loader(test_set, contiguous_share(len(test_set), rank, world))
-    blackbox_pred, labels = gather_images(predict(models.blackbox, loader, device))
+    share = contiguous_share(len(test_set), rank, world)  # empty on ranks past the images
+    loader = datamodule.subset_loader(test_set, share)
+    blackbox_pred, labels = gather_images(
+        predict(models.blackbox, loader, device) if len(share) else None
+    )
     subset = faithfulness_subset(len(labels), settings.faithfulness.images, cfg.seed)
     mine = subset[contiguous_share(len(subset), rank, world)]
-    images = torch.stack([test_set[int(i)]["image"] for i in mine]).to(device)
+    images = (
+        torch.stack([test_set[int(i)]["image"] for i in mine]).to(device) if len(mine) else None
+    )
     has_parts = datamodule.num_parts > 0
     half_size = region_half_size(datamodule.image_size, settings.parts.half_size)
     C = datamodule.num_classes
@@ -203,7 +226,7 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
         log.info("evaluating %s on %d test images", explainer.name, len(labels))
         own_model = key in ("posthoc", "protopnet")
         pred = (
-            gather_images(predict(explainer.classifier, loader, device)[0])
+            gather_images(predict(explainer.classifier, loader, device)[0] if len(share) else None)
             if own_model
             else blackbox_pred
         )
@@ -211,27 +234,28 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
             "accuracy": estimate(pred == labels),
             "agreement": estimate(pred == blackbox_pred),
         }
-        with torch.no_grad():
-            targets = explainer.classifier(images).argmax(1)  # RISE explains the predicted class
-        local_maps, local_seconds = explain_timed(explainer, images, targets, settings.batch_size)
-        local_curves = faithfulness(explainer, images, local_maps, targets, settings.faithfulness)
-        heatmaps[key], seconds = gather_images((local_maps, local_seconds))
-        curves[explainer.name] = gather_images(local_curves)
+        local = explain_and_measure(explainer, images, settings) if images is not None else None
+        heatmaps[key], seconds = gather_images(local[:2] if local is not None else None)
+        curves[explainer.name] = gather_images(local[2] if local is not None else None)
         values["deletion_auc"] = estimate(curves[explainer.name].deletion_auc)
         values["insertion_auc"] = estimate(curves[explainer.name].insertion_auc)
         values["seconds_per_image"] = estimate(seconds)
         if isinstance(explainer, PrototypeExplainer) and own_model:
             values["prototypes"] = exact(float(C * explainer.prototypes_per_class))
             if has_parts:
-                coverage = part_coverage(
-                    explainer,
-                    loader,
-                    datamodule.num_parts,
-                    half_size,
-                    settings.parts.noise_std,
-                    settings.parts.noise_clip,
-                    cfg.seed,
-                    device,
+                coverage = (
+                    part_coverage(
+                        explainer,
+                        loader,
+                        datamodule.num_parts,
+                        half_size,
+                        settings.parts.noise_std,
+                        settings.parts.noise_clip,
+                        cfg.seed,
+                        device,
+                    )
+                    if len(share)
+                    else None
                 )
                 values.update(
                     part_scores(gather_images(coverage), C, settings.parts.threshold, boot)
@@ -242,9 +266,9 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
             values["head_error"] = exact(float((V_tilde - V).norm() / V.norm()))
         rows.append(ResultRow(explainer.name, values))
 
-    if rank != 0:  # rank 0 writes and logs the one table
-        barrier()
-        return StageResult("evaluate", run_dir)
+    if rank != 0:  # rank 0 writes and logs the one table; every rank returns the same metrics
+        barrier()  # (rows hold values gathered from all ranks), e.g. for a sweep's objective
+        return StageResult("evaluate", run_dir, metrics=headline_metrics(rows))
     notes = [
         f"{len(labels)} test images ({datamodule.root}); deletion/insertion, heatmaps and explanation time on a "
         f"seeded subset of {len(subset)}; seed {cfg.seed}; 95% percentile bootstrap intervals over images "
@@ -263,7 +287,7 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
         "n/a: the metric does not apply to the method. Paths: "
         + ", ".join(f"{k}={v}" for k, v in models.paths.items()),
     ]
-    logger = instantiate(cfg.logger)
+    logger = build(cfg.logger)
     logger.log_hyperparams(resolved_container(cfg))
     results_csv = write_csv(rows, run_dir / "results.csv")
     results_md = write_markdown(rows, run_dir / "results.md", notes)
@@ -288,17 +312,24 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
     finish_logging(logger)
     barrier()
 
-    result = StageResult(
+    log.info("results:\n%s", results_md.read_text())
+    return StageResult(
         "evaluate",
         run_dir,
         {"results.md": results_md, "results.csv": results_csv, "figures": run_dir / "figures"},
+        headline_metrics(rows),
     )
-    for row in rows:
-        for key in ("accuracy", "consistency", "stability", "deletion_auc", "insertion_auc"):
-            if key in row.values:
-                result.metrics[f"{row.method}/{key}"] = row.values[key].value
-    log.info("results:\n%s", results_md.read_text())
-    return result
+
+
+def headline_metrics(rows: list[ResultRow]) -> dict[str, float]:
+    """`<method>/<metric>` of the table's headline columns: what the stage reports (and a sweep reads)."""
+    headline = ("accuracy", "consistency", "stability", "deletion_auc", "insertion_auc")
+    return {
+        f"{row.method}/{key}": row.values[key].value
+        for row in rows
+        for key in headline
+        if key in row.values
+    }
 
 
 def write_figures(

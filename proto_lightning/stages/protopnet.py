@@ -2,21 +2,48 @@
 
 from __future__ import annotations
 
-from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from proto_lightning.callbacks import draw_prototype_grid
 from proto_lightning.models import ProtoPNet
 from proto_lightning.models.protopnet_schedule import ProtoPNetSchedule
-from proto_lightning.stages.common import StageResult, finish_logging, fit_and_test, start_run
+from proto_lightning.stages.common import (
+    StageResult,
+    build,
+    finish_logging,
+    fit_and_test,
+    start_run,
+)
+
+
+def with_unused_parameters(strategy: Any) -> Any:
+    """The trainer's DDP strategy, told to look for parameters without gradients.
+
+    ProtoPNet's phases (warm, joint, last layer) freeze parameter groups after DDP wrapped the
+    model, so some parameters DDP registered get no gradient; without `find_unused_parameters`
+    DDP fails with "Expected to have finished reduction in the prior iteration".
+    """
+    if isinstance(strategy, Mapping) and str(strategy.get("_target_", "")).endswith("DDPStrategy"):
+        return {**strategy, "find_unused_parameters": True}
+    if isinstance(strategy, str) and strategy.startswith("ddp") and "find_unused" not in strategy:
+        return f"{strategy}_find_unused_parameters_true"
+    return strategy
 
 
 def run_protopnet(cfg: DictConfig) -> StageResult:
     """Fit ProtoPNet for its whole plan (resumable), test the final model, write its prototype gallery."""
     with open_dict(cfg):  # the schedule fixes the number of Lightning epochs
         cfg.trainer.max_epochs = len(ProtoPNetSchedule(**cfg.model.schedule).plan())
+        if cfg.trainer.get("strategy") is not None:
+            strategy = cfg.trainer.strategy
+            if isinstance(strategy, DictConfig):
+                strategy = OmegaConf.to_container(strategy)
+            cfg.trainer.strategy = with_unused_parameters(strategy)
     run_dir, datamodule = start_run(cfg)
-    model: ProtoPNet = instantiate(cfg.model, _convert_="all")
+    model: ProtoPNet = build(cfg.model, _convert_="all", trust_file=cfg.trust_file)
     result = fit_and_test(cfg, "protopnet", model, datamodule, run_dir, test_checkpoint=None)
     if model.projection is not None and model.trainer.is_global_zero:
         path = draw_prototype_grid(model, datamodule, run_dir / "gallery" / "prototypes.png")
