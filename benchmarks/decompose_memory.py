@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from proto_lightning.prototypes.decomposition import decompose_head
+from proto_lightning.prototypes.decomposition import NMFSettings, decompose_head
 from proto_lightning.prototypes.features import collect_features
 from proto_lightning.stages.decompose import project_prototypes
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, str]]:
         times["features (store)"] = time.perf_counter() - start
         rss_store = peak_rss_gib()
         start = time.perf_counter()
-        decomposition = decompose_head(store, V, args.k, nmf_max_iter=args.nmf_iters)
+        decomposition = decompose_head(store, V, args.k, NMFSettings(max_iter=args.nmf_iters))
         times["nmf + refinement"] = time.perf_counter() - start
         start = time.perf_counter()
         project_prototypes(store, decomposition.prototypes, "ip", True, "cpu")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import difflib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from proto_lightning.errors import ConfigKeyError
 from proto_lightning.run_stamp import run_stamp
+from proto_lightning.settings import did_you_mean
 
 
 def slurm_gpus(devices: Any) -> int:
@@ -41,9 +41,17 @@ OmegaConf.register_new_resolver("run_stamp", run_stamp, replace=True)
 # ${slurm_gpus:${trainer.devices}}: GPUs and tasks per node of a SLURM job (conf/hydra/launcher/slurm.yaml)
 OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus, replace=True)
 
-CONF_DIR = Path(
-    os.environ.get("PROTO_LIGHTNING_CONF", Path(__file__).resolve().parents[1] / "conf")
-)
+
+def _conf_dir() -> Path:
+    """PROTO_LIGHTNING_CONF, else the configs an installed wheel carries (proto_lightning/conf),
+    else the checkout's top-level conf/ (an editable install)."""
+    if "PROTO_LIGHTNING_CONF" in os.environ:
+        return Path(os.environ["PROTO_LIGHTNING_CONF"])
+    packaged = Path(__file__).resolve().parent / "conf"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 
 def compose_config(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -93,7 +101,7 @@ def validate_overrides(config_name: str, overrides: Sequence[str]) -> DictConfig
             config = compose_config(config_name)
         keys = [k for k in _leaf_keys(config) if not k.startswith("hydra")]
         raise ConfigKeyError(
-            f"unknown config key '{bad}' for stage '{config_name}'.{_did_you_mean(bad, keys)} "
+            f"unknown config key '{bad}' for stage '{config_name}'.{did_you_mean(bad, keys)} "
             f"Add a new key with '+{bad}=...' if you really mean to; "
             f"`proto-lightning {config_name} --cfg job` prints every key."
         ) from err
@@ -106,28 +114,6 @@ def validate_overrides(config_name: str, overrides: Sequence[str]) -> DictConfig
                 raise cause from None
             raise
     return config
-
-
-def _did_you_mean(bad: str, keys: Sequence[str]) -> str:
-    """A hint naming the known keys closest to `bad` (by spelling or by last dotted part)."""
-    close = difflib.get_close_matches(bad, keys, n=5, cutoff=0.6)
-    last = bad.rsplit(".", 1)[-1]
-    close += [k for k in keys if k.rsplit(".", 1)[-1] == last and k not in close][:3]
-    return f" Did you mean: {', '.join(close)}?" if close else ""
-
-
-def checked_settings(
-    given: Mapping[str, Any] | None, defaults: Mapping[str, Any], where: str
-) -> dict[str, Any]:
-    """`defaults` updated with `given`, refusing a key of `given` that `defaults` does not know."""
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        hint = _did_you_mean(unknown[0], list(defaults))
-        raise ConfigKeyError(
-            f"unknown key(s) {unknown} in {where}; known: {sorted(defaults)}.{hint}"
-        )
-    return {**defaults, **given}
 
 
 def _cause_of_type(err: BaseException | None, kind: type[BaseException]) -> BaseException | None:

@@ -1,11 +1,12 @@
-"""The CSV logger of the stages: Lightning's, except that a run resumed in its own folder keeps its rows."""
+"""The stages' loggers: Lightning's CSV logger, except that a run resumed in its own folder keeps its
+rows; and which of them is W&B."""
 
 from __future__ import annotations
 
 import csv
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
@@ -33,3 +34,8 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def is_wandb(logger: Logger | None) -> bool:
+    """Whether the logger is W&B (it alone takes images and tables)."""
+    return isinstance(logger, WandbLogger)

@@ -1,9 +1,56 @@
-"""Test-only helpers: Lightning callbacks importable by Hydra `_target_`, and the CLI as a user runs it."""
+"""Test-only helpers: the tiny dataset's settings, fast stage configs, the CLI as a user runs it, and
+Lightning callbacks importable by Hydra `_target_`."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import lightning as L
+from omegaconf import DictConfig, open_dict
+
+from proto_lightning.config import compose_config
+
+TINY = {"classes": 4, "per_class": 8, "size": 48, "seed": 0}
+
+# the demo chain at toy sizes: every stage, seconds on CPU
+TINY_DEMO = [
+    "trainer.max_epochs=1",
+    "protopnet.schedule.epochs=2",
+    "protopnet.schedule.warm_epochs=1",
+    "protopnet.schedule.last_layer_iterations=1",
+    "protopnet.prototypes_per_class=2",
+    "protopnet.prototype_dim=16",
+    "evaluation.faithfulness.images=6",
+    "evaluation.faithfulness.steps=8",
+    "evaluation.lime.samples=20",
+    "evaluation.lime.segments=10",
+    "evaluation.bootstrap.resamples=50",
+    "evaluation.figures.images=2",
+]
+
+
+def fast_overrides(data_root: Path, run_dir: Path) -> list[str]:
+    """Overrides that make any stage run in seconds on CPU, writing into `run_dir`."""
+    return [
+        f"data.root={data_root}",
+        "data.image_size=48",
+        "data.batch_size=8",
+        "data.val_fraction=0.25",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "logger=csv",
+        "callbacks.progress=null",
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
+def stage_cfg(stage: str, data_root: Path, run_dir: Path, *overrides: str) -> DictConfig:
+    """A stage's config with fast overrides, `run_dir` set as a Hydra run would set it."""
+    cfg = compose_config(stage, [*fast_overrides(data_root, run_dir), *overrides])
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+        del cfg["hydra"]
+    return cfg
 
 
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -12,6 +12,7 @@ from proto_lightning.config import compose_config, validate_overrides
 from proto_lightning.data.transforms import Augmentation
 from proto_lightning.errors import ConfigKeyError
 from proto_lightning.models import BlackBoxClassifier, ProtoPNet
+from proto_lightning.stages.blackbox import run_blackbox
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -63,7 +64,7 @@ def test_cli_exits_nonzero_on_a_wrong_key(capsys):
 
 
 def test_cli_runs_a_stage_and_prints_where_things_are(parts_root: Path, tmp_path: Path):
-    from tests.conftest import fast_overrides
+    from tests.helpers import fast_overrides
 
     command = [
         str(VENV_BIN / "proto-lightning"),
@@ -126,3 +127,17 @@ def test_model_and_augmentation_settings_refuse_unknown_keys():
     model = ProtoPNet(backbone=backbone, num_classes=2, optimizer={"weight_decay": 0.5})
     assert model.optimizer_settings["weight_decay"] == 0.5
     assert model.optimizer_settings["last_layer"] == 1e-4  # the official default kept
+
+
+def test_debug_group_sets_the_trainer_flags(stage_config):
+    """debug=fdr|overfit|profiler (conf/debug/), in the template's style; fdr runs a stage end to end."""
+    flags = {
+        "fdr": {"fast_dev_run": True},
+        "overfit": {"overfit_batches": 3, "max_epochs": 20},
+        "profiler": {"profiler": "simple", "max_epochs": 1},
+    }
+    for name, expected in flags.items():
+        trainer = compose_config("blackbox", [f"debug={name}"]).trainer
+        assert {k: trainer[k] for k in expected} == expected
+    result = run_blackbox(stage_config("blackbox", "debug=fdr"))
+    assert result.metrics["epochs"] == 1 and "test/acc" in result.metrics

@@ -10,7 +10,7 @@ from PIL import Image
 
 from proto_lightning.data import CUB200DataModule, ImageFolderDataModule
 from proto_lightning.errors import CorruptImageError, DatasetLayoutError
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 
 def datamodule(root: Path, **kwargs) -> CUB200DataModule:

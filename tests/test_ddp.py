@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import fast_overrides
-from tests.helpers import run_cli
+from tests.helpers import fast_overrides, run_cli
+
+pytestmark = pytest.mark.slow  # multi-process runs
 
 
 def test_ddp_cpu_fit_with_two_gloo_processes(parts_root: Path, tmp_path: Path):

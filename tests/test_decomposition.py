@@ -8,6 +8,8 @@ from proto_lightning.models import BlackBoxNet
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
 from proto_lightning.prototypes.decomposition import (
     HeatmapCosine,
+    NMFSettings,
+    RefinementSettings,
     decompose_head,
     least_squares_alpha,
     refine_beta,
@@ -41,7 +43,7 @@ def test_random_resnet18_head_is_reconstructed_exactly():
     V, b = net.head.weight.detach(), net.head.bias.detach()  # (10, 512)
     store = random_store(10, 512)
     k = 3  # k << D: least squares alone leaves a large residual
-    result = decompose_head(store, V, k, nmf_max_iter=50, classes_per_batch=4)
+    result = decompose_head(store, V, k, NMFSettings(max_iter=50, classes_per_batch=4))
     assert (result.residual_norm / V.norm(dim=1) > 0.5).all()
     assert result.relative_head_error(V) < 1e-6
     assert torch.allclose(result.beta.sum(1), torch.ones(10), atol=1e-6)
@@ -76,8 +78,9 @@ def test_heatmap_cosine_objective_by_hand():
 def test_refinement_keeps_the_sum_and_never_loses_to_the_even_split():
     store = random_store(4, 64, seed=1)
     V = torch.randn(4, 64)
-    even = decompose_head(store, V, 4, refine_objective="even", nmf_max_iter=30)
-    refined = decompose_head(store, V, 4, nmf_max_iter=30)
+    nmf = NMFSettings(max_iter=30)
+    even = decompose_head(store, V, 4, nmf, RefinementSettings(objective="even"))
+    refined = decompose_head(store, V, 4, nmf)
     assert torch.allclose(even.beta, torch.full((4, 4), 0.25))
     assert torch.allclose(refined.beta.sum(1), torch.ones(4), atol=1e-6)
     assert (refined.objective_refined <= refined.objective_even + 1e-12).all()
@@ -89,9 +92,8 @@ def test_refinement_keeps_the_sum_and_never_loses_to_the_even_split():
 def test_sum_to_one_constraint_stays_within_its_bound():
     store = random_store(4, 64, seed=1)
     V = torch.randn(4, 64)
-    result = decompose_head(
-        store, V, 4, nmf_max_iter=30, refine_constraint="sum_to_one", beta_bound=2.0
-    )
+    refinement = RefinementSettings(constraint="sum_to_one", beta_bound=2.0)
+    result = decompose_head(store, V, 4, NMFSettings(max_iter=30), refinement)
     assert torch.allclose(result.beta.sum(1), torch.ones(4), atol=1e-6)
     assert (result.beta[:, :-1].abs() <= 2.0 + 1e-9).all()
     assert (result.objective_refined <= result.objective_even + 1e-12).all()
@@ -102,4 +104,4 @@ def test_single_prototype_takes_the_whole_residual():
     objective = HeatmapCosine(
         torch.rand(10, 5), torch.rand(10, 1), torch.rand(1, 5), torch.ones(1), torch.rand(5)
     )
-    assert refine_beta(objective, 1, "heatmap_cosine", 100, 1e-8).tolist() == [1.0]
+    assert refine_beta(objective, 1, RefinementSettings()).tolist() == [1.0]

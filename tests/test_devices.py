@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-import proto_lightning.models.protopnet as protopnet_module
+import proto_lightning.prototypes.boxes as boxes_module
 import proto_lightning.stages.decompose as decompose_module
 from proto_lightning.config import compose_config
 from proto_lightning.models.protopnet import ProtoPNet, ProtoPNetNet
@@ -18,7 +18,7 @@ from proto_lightning.prototypes import projection
 from proto_lightning.prototypes.boxes import receptive_field_boxes
 from proto_lightning.prototypes.decomposition import least_squares_alpha
 from proto_lightning.prototypes.projection import NearestPatchIndex
-from tests.conftest import fast_overrides
+from tests.helpers import fast_overrides
 
 
 class ProbeSeen(Exception):
@@ -38,26 +38,27 @@ def test_receptive_field_probe_is_built_on_the_given_device():
     assert seen == [torch.device("meta")]
 
 
-def spy_on_receptive_field(monkeypatch, module) -> list:
+def spy_on_receptive_field(monkeypatch) -> list:
     seen = []
+    real = boxes_module.receptive_field_boxes
 
     def spy(features_fn, image_size, locations, device=None):
         seen.append(device)
-        return receptive_field_boxes(features_fn, image_size, locations, device or "cpu")
+        return real(features_fn, image_size, locations, device or "cpu")
 
-    monkeypatch.setattr(module, "receptive_field_boxes", spy)
+    monkeypatch.setattr(boxes_module, "receptive_field_boxes", spy)
     return seen
 
 
 def test_decompose_and_protopnet_push_probe_on_their_networks_device(
     monkeypatch, stage_config, tiny_demo, parts_root, tmp_path
 ):
-    seen = spy_on_receptive_field(monkeypatch, decompose_module)
+    seen = spy_on_receptive_field(monkeypatch)
     best = tiny_demo.artifacts["blackbox best checkpoint"]
     decompose_module.run_decompose(stage_config("decompose", f"blackbox_ckpt={best}"))
     assert seen == [torch.device("cpu")]  # the device the stage moved the network to
 
-    seen = spy_on_receptive_field(monkeypatch, protopnet_module)
+    seen = spy_on_receptive_field(monkeypatch)
     model = ProtoPNet.load_checkpoint(tiny_demo.artifacts["protopnet last checkpoint"])
     cfg = compose_config("protopnet", fast_overrides(parts_root, tmp_path))
     datamodule = instantiate(cfg.data)

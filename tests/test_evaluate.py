@@ -13,7 +13,7 @@ from proto_lightning.errors import IncompatibleWeightsError, MissingArtifactErro
 from proto_lightning.evaluation.table import METRICS
 from proto_lightning.models import BlackBoxClassifier
 from proto_lightning.stages.evaluate import run_evaluate
-from tests.conftest import TINY_DEMO
+from tests.helpers import TINY_DEMO
 
 SMALL = [o for o in TINY_DEMO if o.startswith("evaluation.")]
 

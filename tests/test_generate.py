@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from proto_lightning.data.generate import HEAD_COLOURS, PART_NAMES, make_dataset
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 
 def read_table(path: Path) -> list[list[str]]:

@@ -19,8 +19,7 @@ from proto_lightning.config import validate_overrides
 from proto_lightning.errors import ConfigKeyError
 from proto_lightning.models.protopnet_schedule import ProtoPNetSchedule
 from proto_lightning.stages.protopnet import with_unused_parameters
-from tests.conftest import fast_overrides
-from tests.helpers import run_cli
+from tests.helpers import fast_overrides, run_cli
 
 pytestmark = pytest.mark.slow
 

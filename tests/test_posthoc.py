@@ -8,23 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import open_dict
 
-from proto_lightning.config import compose_config
 from proto_lightning.data import CUB200DataModule
 from proto_lightning.models import BlackBoxClassifier
 from proto_lightning.models.posthoc import IncompatibleArtifactError, PostHocPrototypeNetwork
 from proto_lightning.stages.blackbox import run_blackbox
 from proto_lightning.stages.decompose import run_decompose
-from tests.conftest import fast_overrides
-
-
-def config(stage: str, parts_root: Path, run_dir: Path, *overrides: str):
-    cfg = compose_config(stage, [*fast_overrides(parts_root, run_dir), *overrides])
-    with open_dict(cfg):
-        cfg.run_dir = str(run_dir)
-        del cfg["hydra"]
-    return cfg
+from tests.helpers import stage_cfg
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +22,12 @@ def decomposed(parts_root: Path, tmp_path_factory: pytest.TempPathFactory):
     """A black box trained 3 epochs on the tiny data, and its decomposition (k = 3)."""
     root = tmp_path_factory.mktemp("posthoc")
     blackbox = run_blackbox(
-        config("blackbox", parts_root, root / "bb", "trainer.max_epochs=3", "run_test=false")
+        stage_cfg("blackbox", parts_root, root / "bb", "trainer.max_epochs=3", "run_test=false")
     )
     ckpt = blackbox.artifacts["best checkpoint"]
-    result = run_decompose(config("decompose", parts_root, root / "dec", f"blackbox_ckpt={ckpt}"))
+    result = run_decompose(
+        stage_cfg("decompose", parts_root, root / "dec", f"blackbox_ckpt={ckpt}")
+    )
     return ckpt, result
 
 
@@ -101,7 +93,7 @@ def test_load_in_a_fresh_process_gives_identical_logits(decomposed, tmp_path: Pa
 def test_artifact_of_another_black_box_is_refused(decomposed, parts_root: Path, tmp_path: Path):
     _, result = decomposed
     other = run_blackbox(
-        config("blackbox", parts_root, tmp_path / "other", "run_test=false", "seed=1")
+        stage_cfg("blackbox", parts_root, tmp_path / "other", "run_test=false", "seed=1")
     )
     with pytest.raises(IncompatibleArtifactError, match="another black box"):
         PostHocPrototypeNetwork.load(
@@ -172,7 +164,7 @@ def test_decompose_refuses_a_black_box_of_another_dataset(decomposed, tmp_path: 
     ckpt, _ = decomposed
     other = make_dataset(tmp_path / "six", classes=6, per_class=4, size=48)
     with pytest.raises(IncompatibleWeightsError, match="predicts 4 classes"):
-        run_decompose(config("decompose", other, tmp_path / "dec", f"blackbox_ckpt={ckpt}"))
+        run_decompose(stage_cfg("decompose", other, tmp_path / "dec", f"blackbox_ckpt={ckpt}"))
 
 
 def test_decompose_refuses_a_black_box_of_another_backbone_than_configured(
@@ -181,7 +173,7 @@ def test_decompose_refuses_a_black_box_of_another_backbone_than_configured(
     from proto_lightning.errors import IncompatibleWeightsError
 
     ckpt, _ = decomposed  # a small_cnn black box; an experiment that names resnet50 must not pass
-    cfg = config(
+    cfg = stage_cfg(
         "decompose",
         parts_root,
         tmp_path / "dec",

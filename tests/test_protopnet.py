@@ -4,16 +4,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import open_dict
 
-from proto_lightning.config import compose_config
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.protopnet import TRAINABLE, ProtoPNet, ProtoPNetNet, add_on_layers
 from proto_lightning.models.protopnet_losses import cluster_cost, last_layer_l1, separation_cost
 from proto_lightning.models.protopnet_schedule import ProtoPNetSchedule
 from proto_lightning.stages.protopnet import run_protopnet
-from tests.conftest import fast_overrides
-from tests.helpers import KilledRun
+from tests.helpers import KilledRun, stage_cfg
 
 SHORT = [
     "model.prototypes_per_class=2",
@@ -28,11 +25,7 @@ SHORT = [
 
 
 def config(parts_root: Path, run_dir: Path, *overrides: str):
-    cfg = compose_config("protopnet", [*fast_overrides(parts_root, run_dir), *SHORT, *overrides])
-    with open_dict(cfg):
-        cfg.run_dir = str(run_dir)
-        del cfg["hydra"]
-    return cfg
+    return stage_cfg("protopnet", parts_root, run_dir, *SHORT, *overrides)
 
 
 def test_distances_equal_squared_cdist():

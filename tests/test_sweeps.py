@@ -7,13 +7,13 @@ import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 from proto_lightning.cli import STAGES
-from proto_lightning.config import CONF_DIR, compose_config, validate_overrides
+from proto_lightning.config import CONF_DIR, validate_overrides
 from proto_lightning.stages.blackbox import run_blackbox
-from tests.conftest import fast_overrides
-from tests.helpers import run_cli
+from tests.helpers import fast_overrides, run_cli, stage_cfg
+
+pytestmark = pytest.mark.slow  # multi-process runs
 
 SWEEPS = sorted((Path(__file__).parents[1] / "experiments" / "sweeps").glob("*.yaml"))
 
@@ -22,10 +22,7 @@ SWEEPS = sorted((Path(__file__).parents[1] / "experiments" / "sweeps").glob("*.y
 def blackbox_ckpt(parts_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     run = tmp_path_factory.mktemp("sweep_bb")
-    cfg = compose_config("blackbox", [*fast_overrides(parts_root, run), "run_test=false"])
-    with open_dict(cfg):
-        cfg.run_dir = str(run)
-        del cfg["hydra"]
+    cfg = stage_cfg("blackbox", parts_root, run, "run_test=false")
     return run_blackbox(cfg).artifacts["best checkpoint"]
 
 

@@ -1,12 +1,11 @@
 """Lightning callbacks that log what the prototype networks guarantee and show."""
 
 from proto_lightning.callbacks.epoch_timer import EpochTimerCallback
-from proto_lightning.callbacks.gallery import PrototypeGalleryCallback, draw_prototype_grid
+from proto_lightning.callbacks.gallery import PrototypeGalleryCallback
 from proto_lightning.callbacks.head_reconstruction import HeadReconstructionCallback
 
 __all__ = [
     "EpochTimerCallback",
     "HeadReconstructionCallback",
     "PrototypeGalleryCallback",
-    "draw_prototype_grid",
 ]

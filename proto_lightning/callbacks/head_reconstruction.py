@@ -7,6 +7,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from proto_lightning.models.posthoc import PostHocPrototypeNetwork
+
 
 class HeadReconstructionCallback(L.Callback):
     """Relative head error ||V - V~||_F / ||V||_F and max / mean |logit gap| on val and test.
@@ -28,11 +30,9 @@ class HeadReconstructionCallback(L.Callback):
         self.sum_gap += gap.double().sum()
         self.count += gap.numel()
 
-    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> None:
-        V = pl_module.blackbox.head.weight.detach().double()  # (C, D)
-        relative = (V - pl_module.prototypes.double().sum(1)).norm() / V.norm()
+    def _log(self, trainer: L.Trainer, pl_module: PostHocPrototypeNetwork, split: str) -> None:
         metrics = {
-            f"{split}/relative_head_error": float(relative),
+            f"{split}/relative_head_error": pl_module.relative_head_error(),
             f"{split}/max_logit_gap": float(self.max_gap),
             f"{split}/mean_logit_gap": float(self.sum_gap / max(1, self.count)),
         }

@@ -42,6 +42,13 @@ class PartImageDataset(Dataset):
         """Labels of this dataset's samples, in order."""
         return self.records.labels[self.rows]
 
+    def by_row(self, row: int) -> dict[str, torch.Tensor | int]:
+        """The sample of records row `row` (e.g. the push image a prototype was projected onto)."""
+        i = int(np.searchsorted(self.rows, row))
+        if i == len(self.rows) or self.rows[i] != row:
+            raise KeyError(f"row {row} is not in this split")
+        return self[i]
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
         row = int(self.rows[i])
         image = TF.pil_to_tensor(load_rgb(self.records.paths[row]))  # (3, H, W) uint8

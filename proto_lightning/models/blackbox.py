@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from proto_lightning.config import checked_settings
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.backbones import build_backbone
 from proto_lightning.models.files import checkpoint_hyperparameters, read_torch_file
+from proto_lightning.settings import checked_settings
 
 OPTIMIZERS = ("adamw", "sgd")
 # Library defaults of `model.optimizer` / `model.scheduler` (conf/model/blackbox.yaml sets the run's).

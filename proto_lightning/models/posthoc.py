@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.blackbox import BlackBoxClassifier, BlackBoxNet
 from proto_lightning.models.files import plain_data, read_torch_file
+from proto_lightning.prototypes.network import (
+    PrototypeExplanation,
+    nearest_patch,
+    ranked_explanations,
+)
 from proto_lightning.prototypes.projection import Projection
 
 # format 2 holds tensors and plain values only (read with weights_only=True); format 1 held numpy
@@ -32,19 +36,6 @@ READABLE_FORMATS = (ARTIFACT_FORMAT, "proto-lightning/posthoc-ppn/1")
 
 class IncompatibleArtifactError(IncompatibleWeightsError):
     """A post-hoc artifact that is truncated, of another format, or of another black box."""
-
-
-@dataclass
-class PrototypeExplanation:
-    """One image explained by one class's prototypes, ranked by contribution (largest first)."""
-
-    label: int  # the class explained (the prediction unless a target was given)
-    logit: float
-    prototype_index: torch.Tensor  # (k,) which of the class's prototypes, in rank order
-    contributions: torch.Tensor  # (k,) mean_j f_j . p~_i; sums with the bias to the logit
-    heatmaps: torch.Tensor  # (k, H, W) f_j . p~_i
-    upsampled: torch.Tensor  # (k, H0, W0) bilinear to the input size
-    nearest: list[dict[str, Any]]  # (k,) the training patch each prototype is shown as
 
 
 class PostHocPrototypeNetwork(L.LightningModule):
@@ -88,6 +79,11 @@ class PostHocPrototypeNetwork(L.LightningModule):
         """k."""
         return self.prototypes.shape[1]
 
+    def relative_head_error(self, dtype: torch.dtype = torch.float64) -> float:
+        """||V - V~||_F / ||V||_F, V the black box's head and V~_c = sum_i p~_i, computed in `dtype`."""
+        V = self.blackbox.head.weight.detach().to(dtype)  # (C, D)
+        return float((V - self.prototypes.to(dtype).sum(1)).norm() / V.norm())
+
     def train(self, mode: bool = True) -> PostHocPrototypeNetwork:
         """The black box stays in eval mode (BatchNorm statistics frozen) whatever Lightning asks."""
         super().train(mode)
@@ -119,27 +115,12 @@ class PostHocPrototypeNetwork(L.LightningModule):
         chosen = self.prototypes[labels]  # (B, k, D)
         heatmaps = torch.einsum("bdhw,bkd->bkhw", feature_map, chosen)  # (B, k, H, W)
         upsampled = F.interpolate(heatmaps, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        explanations = []
-        for b, label in enumerate(labels.tolist()):
-            order = contrib[b, label].argsort(descending=True)  # (k,)
-            explanations.append(
-                PrototypeExplanation(
-                    label=label,
-                    logit=float(logits[b, label]),
-                    prototype_index=order.cpu(),
-                    contributions=contrib[b, label, order].cpu(),
-                    heatmaps=heatmaps[b, order].cpu(),
-                    upsampled=upsampled[b, order].cpu(),
-                    nearest=[self.nearest_patch(label, int(i)) for i in order],
-                )
-            )
-        return explanations
+        own = contrib[torch.arange(len(x), device=x.device), labels]  # (B, k)
+        return ranked_explanations(self, labels, logits, own, heatmaps, upsampled)
 
     def nearest_patch(self, label: int, i: int) -> dict[str, Any]:
         """The training patch prototype i of class `label` is shown as (empty before projection)."""
-        if self.projection is None:
-            return {}
-        return self.projection.record(label * self.prototypes_per_class + i, self.extras)
+        return nearest_patch(self, label, i)
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> dict[str, torch.Tensor]:
         feature_map = self.blackbox.features(batch["image"])

@@ -23,15 +23,20 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from proto_lightning.config import checked_settings
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.backbones import build_backbone
 from proto_lightning.models.blackbox import BlackBoxClassifier
 from proto_lightning.models.files import checkpoint_hyperparameters, read_torch_file
 from proto_lightning.models.protopnet_losses import cluster_cost, last_layer_l1, separation_cost
 from proto_lightning.models.protopnet_schedule import ProtoPNetSchedule, Step
-from proto_lightning.prototypes.boxes import high_activation_box, receptive_field_boxes
+from proto_lightning.prototypes.boxes import projected_boxes
+from proto_lightning.prototypes.network import (
+    PrototypeExplanation,
+    nearest_patch,
+    ranked_explanations,
+)
 from proto_lightning.prototypes.projection import NearestPatchIndex, Projection
+from proto_lightning.settings import checked_settings
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +247,7 @@ class ProtoPNet(L.LightningModule):
         self.net.backbone.load_state_dict(source.state_dict())
         log.info("ProtoPNet backbone initialised from the black box %s", blackbox_ckpt)
 
-    # ---- what downstream code (gallery, evaluation) reads, same as PostHocPrototypeNetwork -----
+    # ---- the PrototypeNetwork interface (prototypes/network.py) the gallery and evaluation use --
     @property
     def num_classes(self) -> int:
         """C."""
@@ -255,9 +260,28 @@ class ProtoPNet(L.LightningModule):
 
     def nearest_patch(self, label: int, i: int) -> dict[str, Any]:
         """The training patch prototype i of class `label` was pushed onto (empty before a push)."""
-        if self.projection is None:
-            return {}
-        return self.projection.record(label * self.prototypes_per_class + i, self.extras)
+        return nearest_patch(self, label, i)
+
+    @torch.no_grad()
+    def explain(
+        self, x: torch.Tensor, target: torch.Tensor | int | None = None
+    ) -> list[PrototypeExplanation]:
+        """Per image, the predicted (or target) class c's own prototypes j: contribution w_cj max sim_j,
+        similarity map sim_j (h, w) and its bicubic upsampling (as the official local analysis)."""
+        similarity = self.net.similarity(self.net.l2_distances(self.net.conv_features(x)))
+        logits = self.net.last_layer(similarity.flatten(2).max(2).values)  # (B, C), = forward
+        labels = (
+            logits.argmax(1)
+            if target is None
+            else torch.as_tensor(target, device=x.device).expand(len(x))
+        )
+        k = self.prototypes_per_class
+        own = labels[:, None] * k + torch.arange(k, device=x.device)  # (B, k) prototype indices
+        maps = similarity.gather(1, own[:, :, None, None].expand(-1, -1, *similarity.shape[-2:]))
+        weights = self.net.last_layer.weight[labels[:, None], own]  # (B, k) w_cj
+        contributions = weights * maps.flatten(2).max(2).values  # (B, k)
+        upsampled = F.interpolate(maps, size=x.shape[-2:], mode="bicubic", align_corners=False)
+        return ranked_explanations(self, labels, logits, contributions, maps, upsampled)
 
     # ---- schedule ---------------------------------------------------------------------------------
     def step_of_epoch(self, epoch: int) -> Step:
@@ -471,21 +495,21 @@ class ProtoPNet(L.LightningModule):
             )
         return found
 
-    def _boxes(self, found: Projection, datamodule) -> dict[str, np.ndarray]:
-        size = datamodule.image_size
-        rf = receptive_field_boxes(self.net.conv_features, size, found.locations, self.device)
-        push = datamodule.push_set
-        high = np.zeros_like(rf)
-        for row in np.unique(found.rows):
-            image = push[int(np.searchsorted(push.rows, row))]["image"][None].to(self.device)
-            activation = self.net.similarity(self.net.l2_distances(self.net.conv_features(image)))[
-                0
-            ]  # (m, H, W)
-            for q in np.flatnonzero(found.rows == row):
-                high[q] = high_activation_box(
-                    activation[q].cpu(), size, self.push_settings["high_activation_percentile"]
-                )
-        return {
-            "rf_boxes": torch.from_numpy(rf),
-            "high_activation_boxes": torch.from_numpy(high),
-        }  # tensors: weights_only checkpoints
+    def _boxes(self, found: Projection, datamodule) -> dict[str, torch.Tensor]:
+        """Receptive-field and high-activation boxes of the pushed patches, as tensors (checkpoints
+        hold plain data)."""
+
+        def similarity_maps(image: torch.Tensor, queries: np.ndarray) -> torch.Tensor:
+            z = self.net.conv_features(image)
+            return self.net.similarity(self.net.l2_distances(z))[0, queries]  # (n, H, W)
+
+        boxes = projected_boxes(
+            self.net.conv_features,
+            similarity_maps,
+            found,
+            datamodule.push_set,
+            datamodule.image_size,
+            self.push_settings["high_activation_percentile"],
+            self.device,
+        )
+        return {name: torch.from_numpy(b) for name, b in boxes.items()}

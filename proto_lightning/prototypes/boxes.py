@@ -11,6 +11,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from proto_lightning.prototypes.projection import Projection
 
 
 def receptive_field_boxes(
@@ -59,3 +62,29 @@ def high_activation_box(
     threshold = torch.quantile(up.flatten(), percentile / 100.0)
     ys, xs = torch.nonzero(up >= threshold, as_tuple=True)
     return np.array([int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1])
+
+
+@torch.no_grad()
+def projected_boxes(
+    features_fn: Callable[[torch.Tensor], torch.Tensor],
+    activation_maps: Callable[[torch.Tensor, np.ndarray], torch.Tensor],
+    projection: Projection,
+    push_set: Dataset,
+    image_size: int,
+    percentile: float,
+    device: torch.device | str,
+) -> dict[str, np.ndarray]:
+    """Receptive-field and high-activation boxes (Q, 4) of every prototype on the push image it was
+    projected onto, in input pixels, as ProtoPNet's push records them (`proto_rf_boxes`,
+    `proto_bound_boxes`). `activation_maps(image (1, 3, S, S), queries (n,))` gives those
+    prototypes' maps (n, H, W) on the image; `push_set.by_row(row)` the image of a dataset row.
+    """
+    rf = receptive_field_boxes(features_fn, image_size, projection.locations, device)
+    high = np.zeros_like(rf)
+    for row in np.unique(projection.rows):
+        image = push_set.by_row(int(row))["image"][None].to(device)
+        queries = np.flatnonzero(projection.rows == row)
+        maps = activation_maps(image, queries)  # (n, H, W)
+        for n, q in enumerate(queries):
+            high[q] = high_activation_box(maps[n].cpu(), image_size, percentile)
+    return {"rf_boxes": rf, "high_activation_boxes": high}

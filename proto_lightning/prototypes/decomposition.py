@@ -111,6 +111,36 @@ class HeatmapCosine:
 CONSTRAINTS = ("simplex", "sum_to_one")
 
 
+@dataclass(frozen=True)
+class NMFSettings:
+    """Discovery (`model.nmf`): HALS iterations and tolerance, classes factorised together."""
+
+    max_iter: int = 200
+    tol: float = 1e-4
+    classes_per_batch: int = 16
+
+
+@dataclass(frozen=True)
+class RefinementSettings:
+    """Distribution of the residual (`model.refinement`): objective, constraint, Nelder-Mead's budget."""
+
+    objective: str = "heatmap_cosine"
+    constraint: str = "simplex"
+    beta_bound: float = 1.0
+    max_iter: int = 2000
+    tol: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"refinement objective must be one of {OBJECTIVES}, got {self.objective!r}"
+            )
+        if self.constraint not in CONSTRAINTS:
+            raise ValueError(
+                f"refinement constraint must be one of {CONSTRAINTS}, got {self.constraint!r}"
+            )
+
+
 def full_beta(free: np.ndarray, constraint: str) -> np.ndarray:
     """Free variables (k - 1,) -> beta (k,) with sum 1 (and beta >= 0 for `simplex`)."""
     if constraint == "simplex":
@@ -120,29 +150,20 @@ def full_beta(free: np.ndarray, constraint: str) -> np.ndarray:
     return np.append(free, 1.0 - free.sum())
 
 
-def refine_beta(
-    objective: HeatmapCosine,
-    k: int,
-    method: str,
-    max_iter: int,
-    tol: float,
-    constraint: str = "simplex",
-    beta_bound: float = 1.0,
-) -> np.ndarray:
+def refine_beta(objective: HeatmapCosine, k: int, settings: RefinementSettings) -> np.ndarray:
     """Nelder-Mead (scipy) over the k - 1 free variables from the even split; never worse than it."""
     even = np.full(k, 1.0 / k)
-    if method == "even" or k == 1:
+    if settings.objective == "even" or k == 1:
         return even
-    if constraint not in CONSTRAINTS:
-        raise ValueError(f"refinement constraint must be one of {CONSTRAINTS}, got {constraint!r}")
+    constraint, bound = settings.constraint, settings.beta_bound
     start = np.zeros(k - 1) if constraint == "simplex" else even[:-1]
-    bounds = None if constraint == "simplex" else [(-beta_bound, beta_bound)] * (k - 1)
+    bounds = None if constraint == "simplex" else [(-bound, bound)] * (k - 1)
     result = minimize(
         lambda free: objective(full_beta(free, constraint)),
         start,
         method="Nelder-Mead",
         bounds=bounds,
-        options={"maxiter": max_iter, "xatol": tol, "fatol": tol},
+        options={"maxiter": settings.max_iter, "xatol": settings.tol, "fatol": settings.tol},
     )
     beta = full_beta(result.x, constraint)
     return beta if objective(beta) <= objective(even) else even
@@ -152,86 +173,78 @@ def decompose_head(
     store: FeatureStore,
     V: torch.Tensor,
     k: int,
-    nmf_max_iter: int = 200,
-    nmf_tol: float = 1e-4,
-    classes_per_batch: int = 16,
-    refine_objective: str = "heatmap_cosine",
-    refine_max_iter: int = 2000,
-    refine_tol: float = 1e-8,
-    refine_constraint: str = "simplex",
-    beta_bound: float = 1.0,
+    nmf: NMFSettings = NMFSettings(),
+    refinement: RefinementSettings = RefinementSettings(),
     seed: int = 0,
     device: torch.device | str = "cpu",
     batches: Sequence[int] | None = None,
 ) -> HeadDecomposition:
     """Discover (NMF), fit (least squares) and refine (residual distribution) k prototypes per class.
 
-    Classes are processed in batches of `classes_per_batch` (NMF batched over them, seeded per
+    Classes are processed in batches of `nmf.classes_per_batch` (NMF batched over them, seeded per
     batch); `batches` selects which batches to do (a DDP rank's share), None for all; the result
     holds the selected classes, in order.
     """
-    if refine_objective not in OBJECTIVES:
-        raise ValueError(
-            f"refinement objective must be one of {OBJECTIVES}, got {refine_objective!r}"
+    C, cpb = V.shape[0], nmf.classes_per_batch
+    parts = [
+        _decompose_batch(
+            store, V, range(first, min(C, first + cpb)), k, nmf, refinement, seed, device
         )
-    C, D = V.shape
-    out = {name: [] for name in ("P", "alpha", "beta", "res", "even", "refined", "nmf")}
-    for first in range(0, C, classes_per_batch):
-        if batches is not None and first // classes_per_batch not in batches:
-            continue
-        classes = range(first, min(C, first + classes_per_batch))
-        slices = [torch.from_numpy(np.asarray(store.class_slice(c))) for c in classes]
-        n_max = max(len(s) for s in slices)
-        F = torch.zeros(len(slices), n_max, D, device=device)  # (C_b, N_max, D), zero-padded
-        for i, s in enumerate(slices):
-            F[i, : len(s)] = s.to(device)
-        found = nmf(F, k, max_iter=nmf_max_iter, tol=nmf_tol, seed=seed + first)
-        V_b = V[list(classes)].to(device)
-        alpha = least_squares_alpha(found.P, V_b)  # (C_b, k) float64
-        residual = V_b.double() - (alpha.unsqueeze(-1) * found.P.double()).sum(1)  # (C_b, D)
-        for i, c in enumerate(classes):
-            n = len(slices[i])
-            objective = HeatmapCosine(
-                F[i, :n].cpu(),
-                found.E[i, :n].cpu(),
-                found.P[i].cpu(),
-                alpha[i].cpu(),
-                residual[i].cpu(),
-            )
-            beta = refine_beta(
-                objective,
-                k,
-                refine_objective,
-                refine_max_iter,
-                refine_tol,
-                refine_constraint,
-                beta_bound,
-            )
-            out["beta"].append(torch.from_numpy(beta))
-            out["even"].append(objective(np.full(k, 1.0 / k)))
-            out["refined"].append(objective(beta))
-            log.debug(
-                "class %d: residual %.4g, J even %.4f -> %.4f",
-                c,
-                residual[i].norm(),
-                out["even"][-1],
-                out["refined"][-1],
-            )
-        out["P"].append(found.P.cpu())
-        out["alpha"].append(alpha.cpu())
-        out["res"].append(residual.cpu())
-        out["nmf"].append(found.objective.cpu())
-    P = torch.cat(out["P"]).double()  # (C, k, D)
-    alpha, residual = torch.cat(out["alpha"]), torch.cat(out["res"])
-    beta = torch.stack(out["beta"])  # (C, k)
-    prototypes = alpha.unsqueeze(-1) * P + beta.unsqueeze(-1) * residual.unsqueeze(1)  # (C, k, D)
+        for first in range(0, C, cpb)
+        if batches is None or first // cpb in batches
+    ]
+    return HeadDecomposition.concatenate(parts)
+
+
+def _decompose_batch(
+    store: FeatureStore,
+    V: torch.Tensor,
+    classes: range,
+    k: int,
+    nmf_settings: NMFSettings,
+    refinement: RefinementSettings,
+    seed: int,
+    device: torch.device | str,
+) -> HeadDecomposition:
+    """The decomposition of one NMF batch of consecutive classes."""
+    slices = [torch.from_numpy(np.asarray(store.class_slice(c))) for c in classes]
+    F = torch.zeros(len(slices), max(len(s) for s in slices), V.shape[1], device=device)
+    for i, s in enumerate(slices):  # (C_b, N_max, D), zero-padded
+        F[i, : len(s)] = s.to(device)
+    found = nmf(F, k, max_iter=nmf_settings.max_iter, tol=nmf_settings.tol, seed=seed + classes[0])
+    V_b = V[list(classes)].to(device)
+    alpha = least_squares_alpha(found.P, V_b)  # (C_b, k) float64
+    residual = V_b.double() - (alpha.unsqueeze(-1) * found.P.double()).sum(1)  # (C_b, D)
+    beta, even, refined = [], [], []
+    for i, c in enumerate(classes):
+        n = len(slices[i])
+        objective = HeatmapCosine(
+            F[i, :n].cpu(),
+            found.E[i, :n].cpu(),
+            found.P[i].cpu(),
+            alpha[i].cpu(),
+            residual[i].cpu(),
+        )
+        beta.append(torch.from_numpy(refine_beta(objective, k, refinement)))
+        even.append(objective(np.full(k, 1.0 / k)))
+        refined.append(objective(beta[-1].numpy()))
+        log.debug(
+            "class %d: residual %.4g, J even %.4f -> %.4f",
+            c,
+            residual[i].norm(),
+            even[-1],
+            refined[-1],
+        )
+    P, alpha, residual = found.P.cpu().double(), alpha.cpu(), residual.cpu()
+    beta = torch.stack(beta)  # (C_b, k)
+    prototypes = alpha.unsqueeze(-1) * P + beta.unsqueeze(-1) * residual.unsqueeze(1)  # (C_b, k, D)
     return HeadDecomposition(
         prototypes=prototypes.float(),
         bases=P.float(),
         alpha=alpha.float(),
         beta=beta.float(),
         residual_norm=residual.norm(dim=1).float(),
-        objective_even=torch.tensor(out["even"]),
-        objective_refined=torch.tensor(out["refined"]),
-        nmf_objective=torch.cat(out["nmf"]).float(),
+        objective_even=torch.tensor(even),
+        objective_refined=torch.tensor(refined),
+        nmf_objective=found.objective.cpu().float(),
     )

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from proto_lightning.config import resolved_container, to_yaml
 from proto_lightning.data import PartDataModule
 from proto_lightning.errors import ProtoLightningError
+from proto_lightning.loggers import is_wandb
 from proto_lightning.models.files import read_torch_file
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,14 @@ def checkpoint_dir(trainer: L.Trainer) -> Path | None:
     return Path(callback.dirpath) if callback is not None and callback.dirpath else None
 
 
-def logs_location(trainer: L.Trainer) -> Path:
-    """Where the configured logger writes (W&B offline runs under <save_dir>/wandb)."""
+def logs_location(trainer: L.Trainer) -> dict[str, Path]:
+    """{"logs": where the configured logger writes} (W&B offline runs under <save_dir>/wandb);
+    empty when it writes nowhere (fast_dev_run replaces the logger with a dummy)."""
     logger = trainer.logger
-    folder = Path(getattr(logger, "log_dir", None) or logger.save_dir)
-    return folder / "wandb" if type(logger).__name__ == "WandbLogger" else folder
+    folder = getattr(logger, "log_dir", None) or logger.save_dir
+    if folder is None:
+        return {}
+    return {"logs": Path(folder) / "wandb" if is_wandb(logger) else Path(folder)}
 
 
 def fit_and_test(
@@ -129,7 +133,8 @@ def fit_and_test(
         if (ckpt_dir / "last.ckpt").is_file():
             result.artifacts["last checkpoint"] = ckpt_dir / "last.ckpt"
     if cfg.run_test:
-        use_best = test_checkpoint == "best" and ckpt_dir is not None
+        best = ckpt_dir is not None and trainer.checkpoint_callback.best_model_path
+        use_best = test_checkpoint == "best" and bool(best)  # none under fast_dev_run
         metrics = trainer.test(
             model,
             datamodule=datamodule,
@@ -138,7 +143,7 @@ def fit_and_test(
             weights_only=True,
         )
         result.metrics["test/acc"] = float(metrics[0]["test/acc"])
-    result.artifacts["logs"] = logs_location(trainer)
+    result.artifacts.update(logs_location(trainer))
     return result
 
 
@@ -153,11 +158,7 @@ def finish_logging(logger: Logger | None) -> None:
     if logger is None:
         return
     logger.finalize("success")
-    if (
-        type(logger).__name__ == "WandbLogger"
-        and rank_zero_only.rank == 0
-        and wandb.run is not None
-    ):
+    if is_wandb(logger) and rank_zero_only.rank == 0 and wandb.run is not None:
         wandb.finish()
 
 

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from proto_lightning.config import CONF_DIR, resolved_container
+from proto_lightning.config import resolved_container
 from proto_lightning.distributed import barrier, contiguous_share, gather_objects, launch
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models import BlackBoxClassifier, BlackBoxNet
 from proto_lightning.models.files import require_class_count
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
-from proto_lightning.prototypes.boxes import high_activation_box, receptive_field_boxes
-from proto_lightning.prototypes.decomposition import HeadDecomposition, decompose_head
+from proto_lightning.prototypes.boxes import projected_boxes
+from proto_lightning.prototypes.decomposition import (
+    HeadDecomposition,
+    NMFSettings,
+    RefinementSettings,
+    decompose_head,
+)
 from proto_lightning.prototypes.features import FeatureStore, collect_features
 from proto_lightning.prototypes.projection import NearestPatchIndex, Projection, all_reduce_nearest
 from proto_lightning.stages.common import (
@@ -83,7 +91,6 @@ def project_prototypes(
     return found
 
 
-@torch.no_grad()
 def winner_boxes(
     net: BlackBoxNet,
     datamodule,
@@ -91,20 +98,22 @@ def winner_boxes(
     prototypes: torch.Tensor,
     percentile: float,
     device: torch.device,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> dict[str, np.ndarray]:
     """Receptive-field and high-activation boxes (Q, 4) of each prototype's winning patch, in input pixels."""
-    image_size = datamodule.image_size
-    rf = receptive_field_boxes(net.features, image_size, projection.locations, device)
     flat = prototypes.reshape(-1, prototypes.shape[-1]).to(device)  # (Q, D)
-    push = datamodule.push_set
-    high = np.zeros_like(rf)
-    for row in np.unique(projection.rows):
-        image = push[int(np.searchsorted(push.rows, row))]["image"][None].to(device)
-        feature_map = net.features(image)[0]  # (D, H, W)
-        for q in np.flatnonzero(projection.rows == row):
-            activation = torch.einsum("dhw,d->hw", feature_map, flat[q])  # the prototype's heatmap
-            high[q] = high_activation_box(activation.cpu(), image_size, percentile)
-    return rf, high
+
+    def heatmaps(image: torch.Tensor, queries: np.ndarray) -> torch.Tensor:
+        return torch.einsum("dhw,qd->qhw", net.features(image)[0], flat[queries])  # (n, H, W)
+
+    return projected_boxes(
+        net.features,
+        heatmaps,
+        projection,
+        datamodule.push_set,
+        datamodule.image_size,
+        percentile,
+        device,
+    )
 
 
 def log_decomposition(
@@ -159,7 +168,6 @@ def evaluation_config(cfg: DictConfig, artifact: Path) -> DictConfig:
     """The evaluate stage's config for the network just made: its rows only, into <run>/evaluate,
     logged as CSV there (this stage's logger carries the metrics, e.g. to a W&B sweep)."""
     evaluation = OmegaConf.merge(cfg.evaluation, {"methods": ["posthoc"]})
-    csv = OmegaConf.load(CONF_DIR / "logger" / "csv.yaml")
     return stage_config(
         cfg,
         "evaluate",
@@ -167,101 +175,121 @@ def evaluation_config(cfg: DictConfig, artifact: Path) -> DictConfig:
         posthoc=str(artifact),
         protopnet_ckpt=None,
         evaluation=evaluation,
-        logger=csv,
+        logger=cfg.evaluate_after_logger,
     )
 
 
-def run_decompose(cfg: DictConfig) -> StageResult:
-    """Decompose the head of `cfg.blackbox_ckpt` into `model.prototypes_per_class` prototypes per class."""
-    run_dir, datamodule = start_run(cfg)
+@dataclass
+class ClassShare:
+    """A rank's share of the classes: whole NMF class batches, contiguous, so that the gathered
+    results are those of one process (empty on a rank past the last batch)."""
+
+    batches: list[int]
+    classes: list[int]
+
+    @classmethod
+    def of_rank(cls, num_classes: int, per_batch: int, rank: int, world: int) -> ClassShare:
+        """Rank's batches of `per_batch` consecutive classes out of ceil(C / per_batch)."""
+        batches = contiguous_share(-(-num_classes // per_batch), rank, world).tolist()
+        classes = [
+            c for b in batches for c in range(b * per_batch, min(num_classes, (b + 1) * per_batch))
+        ]
+        return cls(batches, classes)
+
+
+def load_blackbox(cfg: DictConfig, num_classes: int) -> BlackBoxNet:
+    """The frozen black box of `cfg.blackbox_ckpt`, refused when its classes or backbone do not fit."""
     blackbox = BlackBoxClassifier.load_checkpoint(cfg.blackbox_ckpt, trust_file=cfg.trust_file)
-    require_class_count(
-        "black box",
-        cfg.blackbox_ckpt,
-        blackbox.hparams.num_classes,
-        datamodule.num_classes,
-        "decompose",
-    )
+    found = blackbox.hparams.num_classes
+    require_class_count("black box", cfg.blackbox_ckpt, found, num_classes, "decompose")
     expected = cfg.model.get("backbone")
     if expected is not None and expected.name != blackbox.net.backbone.name:
         raise IncompatibleWeightsError(
             f"black box {cfg.blackbox_ckpt} has backbone {blackbox.net.backbone.name!r} but the config "
             f"(model/backbone, e.g. from an experiment) says {expected.name!r}"
         )
+    return blackbox.net.eval().requires_grad_(False)
+
+
+def collect(
+    net: BlackBoxNet,
+    datamodule,
+    share: ClassShare,
+    settings: DictConfig,
+    run_dir: Path,
+    rank: int,
+    world: int,
+    device,
+) -> FeatureStore | None:
+    """The push-split feature vectors of the share's classes (None for a rank without classes)."""
+    if not share.classes:
+        return None
+    labels = datamodule.push_set.labels
+    return collect_features(
+        net.features,
+        datamodule.push_dataloader(share.classes if world > 1 else None),
+        labels[np.isin(labels, share.classes)],
+        datamodule.num_classes,
+        settings.ram_budget_gb,
+        Path(settings.spill_dir or run_dir) / (f"rank{rank}" if world > 1 else ""),
+        device,
+    )
+
+
+def decompose(
+    store: FeatureStore | None, V: torch.Tensor, share: ClassShare, cfg: DictConfig, device
+) -> HeadDecomposition:
+    """Every rank's decomposition of its classes, gathered in class order."""
     settings = cfg.model
-    fabric = launch(cfg.trainer)
-    rank, world = fabric.global_rank, fabric.world_size
-    device = fabric.device if world > 1 else stage_device(cfg)
-    net = blackbox.net.eval().requires_grad_(False).to(device)
-    datamodule.setup("test")
-    C, cpb = datamodule.num_classes, settings.nmf.classes_per_batch
-    # a rank's share: whole NMF class batches, contiguous, so results are those of one process
-    batches = contiguous_share(-(-C // cpb), rank, world).tolist()
-    classes = [c for b in batches for c in range(b * cpb, min(C, (b + 1) * cpb))]
-    timings: dict[str, float] = {}
-    V, b = net.head.weight.detach().cpu(), net.head.bias.detach().cpu()
-
-    start = time.perf_counter()
-    store = None
-    if classes:
-        store = collect_features(
-            net.features,
-            datamodule.push_dataloader(classes if world > 1 else None),
-            datamodule.push_set.labels[np.isin(datamodule.push_set.labels, classes)],
-            C,
-            settings.feature_store.ram_budget_gb,
-            Path(settings.feature_store.spill_dir or run_dir)
-            / (f"rank{rank}" if world > 1 else ""),
-            device,
-        )
-    timings["features"] = time.perf_counter() - start
-
-    start = time.perf_counter()
     local = None
-    if classes:
+    if store is not None:
         local = decompose_head(
             store,
             V,
             settings.prototypes_per_class,
-            nmf_max_iter=settings.nmf.max_iter,
-            nmf_tol=settings.nmf.tol,
-            classes_per_batch=cpb,
-            refine_objective=settings.refinement.objective,
-            refine_max_iter=settings.refinement.max_iter,
-            refine_tol=settings.refinement.tol,
-            refine_constraint=settings.refinement.constraint,
-            beta_bound=settings.refinement.beta_bound,
+            NMFSettings(**settings.nmf),
+            RefinementSettings(**settings.refinement),
             seed=cfg.seed,
             device=device,
-            batches=batches,
+            batches=share.batches,
         )
-    decomposition = HeadDecomposition.concatenate(
-        [p for p in gather_objects(local) if p is not None]
-    )
-    timings["nmf+refinement"] = time.perf_counter() - start
+    return HeadDecomposition.concatenate([p for p in gather_objects(local) if p is not None])
 
-    start = time.perf_counter()
-    projection = all_reduce_nearest(
+
+def project(
+    store: FeatureStore | None,
+    decomposition: HeadDecomposition,
+    net: BlackBoxNet,
+    datamodule,
+    settings: DictConfig,
+    device,
+) -> tuple[Projection, dict[str, np.ndarray]]:
+    """Each prototype's nearest push patch (every rank searched its classes' patches: min-reduce),
+    and its receptive-field and high-activation boxes."""
+    prototypes = decomposition.prototypes
+    local = (
         project_prototypes(
-            store,
-            decomposition.prototypes,
-            settings.projection.metric,
-            settings.projection.class_restricted,
-            settings.projection.device,
+            store, prototypes, settings.metric, settings.class_restricted, settings.device
         )
         if store is not None
-        else Projection.empty(C * settings.prototypes_per_class)
-    )  # each rank searched its share of the patches: min-reduce
-    rf, high = winner_boxes(
-        net,
-        datamodule,
-        projection,
-        decomposition.prototypes,
-        settings.projection.high_activation_percentile,
-        device,
+        else Projection.empty(prototypes.shape[0] * prototypes.shape[1])
     )
-    timings["projection"] = time.perf_counter() - start
+    projection = all_reduce_nearest(local)
+    boxes = winner_boxes(
+        net, datamodule, projection, prototypes, settings.high_activation_percentile, device
+    )
+    return projection, boxes
 
+
+def build_network(
+    net: BlackBoxNet,
+    decomposition: HeadDecomposition,
+    projection: Projection,
+    boxes: dict[str, np.ndarray],
+    store: FeatureStore | None,
+    datamodule,
+) -> PostHocPrototypeNetwork:
+    """The post-hoc network (on the CPU), with what its artifact records beside the prototypes."""
     extras = {
         "bases": decomposition.bases,
         "alpha": decomposition.alpha,
@@ -270,8 +298,7 @@ def run_decompose(cfg: DictConfig) -> StageResult:
         "objective_even": decomposition.objective_even,
         "objective_refined": decomposition.objective_refined,
         "nmf_objective": decomposition.nmf_objective,
-        "rf_boxes": rf,
-        "high_activation_boxes": high,
+        **boxes,
         # a rank with no class batch has no store: take the map size of one that has
         "map_size": next(
             m
@@ -284,19 +311,40 @@ def run_decompose(cfg: DictConfig) -> StageResult:
         "mean": datamodule.mean,
         "std": datamodule.std,
     }
-    model = PostHocPrototypeNetwork(net.cpu(), decomposition.prototypes, b, projection, extras)
+    bias = net.head.bias.detach().cpu()
+    return PostHocPrototypeNetwork(net.cpu(), decomposition.prototypes, bias, projection, extras)
+
+
+def save_artifact(
+    model: PostHocPrototypeNetwork,
+    cfg: DictConfig,
+    run_dir: Path,
+    timings: dict[str, float],
+    rank: int,
+) -> Path:
+    """Rank 0 writes `posthoc.pt` (with the source checkpoint, config and timings); all ranks wait."""
     artifact = run_dir / "posthoc.pt"
     if rank == 0:
-        artifact = model.save(
-            run_dir / "posthoc.pt",
-            {
-                "blackbox_ckpt": str(Path(cfg.blackbox_ckpt).resolve()),
-                "config": OmegaConf.to_yaml(resolved_container(cfg)),
-                "timings": timings,
-            },
-        )
+        metadata = {
+            "blackbox_ckpt": str(Path(cfg.blackbox_ckpt).resolve()),
+            "config": OmegaConf.to_yaml(resolved_container(cfg)),
+            "timings": timings,
+        }
+        model.save(artifact, metadata)
     barrier()
+    return artifact
 
+
+def test_and_log(
+    cfg: DictConfig,
+    model: PostHocPrototypeNetwork,
+    decomposition: HeadDecomposition,
+    datamodule,
+    result: StageResult,
+    timings: dict[str, float],
+) -> StageResult:
+    """Test the network against the black box in float32, log the decomposition and, with
+    `evaluate_after`, evaluate it; the metrics go into `result`."""
     if str(cfg.trainer.get("precision")) not in ("32", "32-true", "None"):
         log.info(
             "decompose tests in %s, not trainer.precision=%s",
@@ -304,21 +352,56 @@ def run_decompose(cfg: DictConfig) -> StageResult:
             cfg.trainer.precision,
         )
     trainer = build_trainer(cfg, precision=EXACT_PRECISION)
+    V = model.blackbox.head.weight.detach().cpu()
     summary = log_decomposition(decomposition, V, trainer.logger)
     metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
-    result = StageResult(
-        "decompose", run_dir, {"artifact": artifact, "logs": logs_location(trainer)}
-    )
-    gallery = run_dir / "gallery"
-    if gallery.is_dir():
-        result.artifacts["gallery"] = gallery
     result.metrics.update({k: float(v) for k, v in metrics.items()})
     result.metrics.update(summary)
     result.metrics.update({f"time/{k}": v for k, v in timings.items()})
+    result.artifacts.update(logs_location(trainer))
+    if (result.run_dir / "gallery").is_dir():
+        result.artifacts["gallery"] = result.run_dir / "gallery"
     if cfg.get("evaluate_after", False):
-        evaluation = run_evaluate(evaluation_config(cfg, artifact))
+        evaluation = run_evaluate(evaluation_config(cfg, result.artifacts["artifact"]))
         result.metrics.update(evaluation.metrics)
         result.artifacts.update(evaluation.artifacts)
         trainer.logger.log_metrics({f"eval/{k}": v for k, v in evaluation.metrics.items()})
     finish_logging(trainer.logger)
     return result
+
+
+def run_decompose(cfg: DictConfig) -> StageResult:
+    """Decompose the head of `cfg.blackbox_ckpt` into `model.prototypes_per_class` prototypes per class:
+    collect -> decompose -> project -> build the network and its artifact -> test and log."""
+    run_dir, datamodule = start_run(cfg)
+    net = load_blackbox(cfg, datamodule.num_classes)
+    fabric = launch(cfg.trainer)
+    rank, world = fabric.global_rank, fabric.world_size
+    device = fabric.device if world > 1 else stage_device(cfg)
+    net = net.to(device)
+    datamodule.setup("test")
+    share = ClassShare.of_rank(datamodule.num_classes, cfg.model.nmf.classes_per_batch, rank, world)
+    V = net.head.weight.detach().cpu()
+    timings: dict[str, float] = {}
+    with timed(timings, "features"):
+        store = collect(
+            net, datamodule, share, cfg.model.feature_store, run_dir, rank, world, device
+        )
+    with timed(timings, "nmf+refinement"):
+        decomposition = decompose(store, V, share, cfg, device)
+    with timed(timings, "projection"):
+        projection, boxes = project(
+            store, decomposition, net, datamodule, cfg.model.projection, device
+        )
+    model = build_network(net, decomposition, projection, boxes, store, datamodule)
+    artifact = save_artifact(model, cfg, run_dir, timings, rank)
+    result = StageResult("decompose", run_dir, {"artifact": artifact})
+    return test_and_log(cfg, model, decomposition, datamodule, result, timings)
+
+
+@contextmanager
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Record the wall-clock seconds of the block as `timings[name]`."""
+    start = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - start

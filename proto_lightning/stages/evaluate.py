@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import fields, is_dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, is_dataclass
 from functools import partial
 from pathlib import Path
 
@@ -11,11 +12,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from proto_lightning.callbacks.gallery import draw_prototype_grid, nearest_patch_image, to_uint8
 from proto_lightning.config import resolved_container
 from proto_lightning.distributed import barrier, contiguous_share, gather_objects, launch
 from proto_lightning.evaluation.artifacts import Models, load_models, locate
+from proto_lightning.evaluation.drawing import draw_prototype_grid, nearest_patch_image, to_uint8
 from proto_lightning.evaluation.figures import PrototypeTerm, curves_figure, explanation_figure
+from proto_lightning.evaluation.methods import build_explainers
 from proto_lightning.evaluation.scores import (
     Faithfulness,
     PartCoverage,
@@ -27,8 +29,6 @@ from proto_lightning.evaluation.scores import (
 from proto_lightning.evaluation.table import ResultRow, columns, write_csv, write_markdown
 from proto_lightning.explainers import (
     Explainer,
-    GradCAMExplainer,
-    LimeExplainer,
     PostHocExplainer,
     ProtoPNetExplainer,
     PrototypeExplainer,
@@ -45,21 +45,6 @@ from proto_lightning.stages.common import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def build_explainers(models: Models, settings: DictConfig, seed: int) -> dict[str, Explainer]:
-    """The configured heatmap methods, in table order, skipping networks that were not given."""
-    explainers: dict[str, Explainer] = {}
-    for method in settings.methods:
-        if method == "posthoc" and models.posthoc is not None:
-            explainers[method] = PostHocExplainer(models.posthoc)
-        elif method == "protopnet" and models.protopnet is not None:
-            explainers[method] = ProtoPNetExplainer(models.protopnet)
-        elif method == "gradcam":
-            explainers[method] = GradCAMExplainer(models.blackbox)
-        elif method == "lime":
-            explainers[method] = LimeExplainer(models.blackbox, **settings.lime, seed=seed)
-    return explainers
 
 
 def exact(value: float) -> Estimate:
@@ -175,103 +160,131 @@ def explain_and_measure(
     return maps, seconds, faithfulness(explainer, images, maps, targets, settings.faithfulness)
 
 
-def run_evaluate(cfg: DictConfig) -> StageResult:
-    """Evaluate every method on the test split; write results.md/.csv and figures/, log them.
+@dataclass
+class TestImages:
+    """What every method is measured on: this rank's share of the test images (all of them under
+    one process), the gathered labels and black-box predictions, and the heatmap subset."""
 
-    Under DDP (`trainer=ddp`, `ddp_cpu`) every rank measures a contiguous share of the images, the
-    per-image values are gathered in image order, and rank 0 computes the table and writes it.
-    """
-    run_dir, datamodule = start_run(cfg)
-    datamodule.setup("test")
-    settings = cfg.evaluation
-    paths = locate(cfg)
-    models = load_models(paths, datamodule.num_classes, cfg.trust_file)
-    fabric = launch(cfg.trainer)
-    rank, world = fabric.global_rank, fabric.world_size
-    device = fabric.device if world > 1 else stage_device(cfg)
-    for model in (models.blackbox, models.posthoc, models.protopnet):
-        if model is not None:
-            model.to(device).eval()
-    boot = {
-        "resamples": settings.bootstrap.resamples,
-        "confidence": settings.bootstrap.confidence,
-        "seed": cfg.seed,
-    }
-    estimate = partial(mean_estimate, **boot)
+    share: np.ndarray  # (n_rank,) test-set indices of this rank; empty on ranks past the images
+    loader: Iterable  # over `share`
+    labels: np.ndarray  # (N,) every test image's label, gathered in image order
+    blackbox_pred: np.ndarray  # (N,)
+    subset: np.ndarray  # (S,) sorted test-set indices of the heatmap metrics' seeded subset
+    images: torch.Tensor | None  # (S_rank, 3, H, W) this rank's part of the subset; None if empty
 
+
+def test_images(
+    datamodule, blackbox: torch.nn.Module, cfg: DictConfig, rank: int, world: int, device
+) -> TestImages:
+    """Share the test images over the ranks and predict them with the black box."""
     test_set = datamodule.test_set
-    share = contiguous_share(len(test_set), rank, world)  # empty on ranks past the images
+    share = contiguous_share(len(test_set), rank, world)
     loader = datamodule.subset_loader(test_set, share)
-    blackbox_pred, labels = gather_images(
-        predict(models.blackbox, loader, device) if len(share) else None
-    )
-    subset = faithfulness_subset(len(labels), settings.faithfulness.images, cfg.seed)
+    blackbox_pred, labels = gather_images(predict(blackbox, loader, device) if len(share) else None)
+    subset = faithfulness_subset(len(labels), cfg.evaluation.faithfulness.images, cfg.seed)
     mine = subset[contiguous_share(len(subset), rank, world)]
     images = (
         torch.stack([test_set[int(i)]["image"] for i in mine]).to(device) if len(mine) else None
     )
-    has_parts = datamodule.num_parts > 0
-    half_size = region_half_size(datamodule.image_size, settings.parts.half_size)
-    C = datamodule.num_classes
+    return TestImages(share, loader, labels, blackbox_pred, subset, images)
 
-    rows = [
-        ResultRow(
-            "black box", {"accuracy": estimate(blackbox_pred == labels), "agreement": exact(1.0)}
-        )
-    ]
-    curves: dict[str, Faithfulness] = {}
-    heatmaps: dict[str, torch.Tensor] = {}
-    explainers = build_explainers(models, settings, cfg.seed)
+
+@dataclass
+class Measured:
+    """The table's rows, and per method the gathered deletion/insertion curves and heatmaps."""
+
+    rows: list[ResultRow]
+    curves: dict[str, Faithfulness] = field(default_factory=dict)  # by method name
+    heatmaps: dict[str, torch.Tensor] = field(default_factory=dict)  # by method key, (S, H, W)
+
+
+def bootstrap_settings(cfg: DictConfig) -> dict:
+    """Resamples, confidence and seed of the bootstrap intervals."""
+    boot = cfg.evaluation.bootstrap
+    return {"resamples": boot.resamples, "confidence": boot.confidence, "seed": cfg.seed}
+
+
+def measure(
+    explainers: dict[str, Explainer], models: Models, data: TestImages, datamodule, cfg, device
+) -> Measured:
+    """Every method's row, after the black box's own."""
+    estimate = partial(mean_estimate, **bootstrap_settings(cfg))
+    accuracy = estimate(data.blackbox_pred == data.labels)
+    measured = Measured([ResultRow("black box", {"accuracy": accuracy, "agreement": exact(1.0)})])
     for key, explainer in explainers.items():
-        log.info("evaluating %s on %d test images", explainer.name, len(labels))
-        own_model = key in ("posthoc", "protopnet")
-        pred = (
-            gather_images(predict(explainer.classifier, loader, device)[0] if len(share) else None)
-            if own_model
-            else blackbox_pred
+        log.info("evaluating %s on %d test images", explainer.name, len(data.labels))
+        row, curves, heatmaps = measure_method(
+            key, explainer, models, data, datamodule, cfg, device
         )
-        values = {
-            "accuracy": estimate(pred == labels),
-            "agreement": estimate(pred == blackbox_pred),
-        }
-        local = explain_and_measure(explainer, images, settings) if images is not None else None
-        heatmaps[key], seconds = gather_images(local[:2] if local is not None else None)
-        curves[explainer.name] = gather_images(local[2] if local is not None else None)
-        values["deletion_auc"] = estimate(curves[explainer.name].deletion_auc)
-        values["insertion_auc"] = estimate(curves[explainer.name].insertion_auc)
-        values["seconds_per_image"] = estimate(seconds)
-        if isinstance(explainer, PrototypeExplainer) and own_model:
-            values["prototypes"] = exact(float(C * explainer.prototypes_per_class))
-            if has_parts:
-                coverage = (
-                    part_coverage(
-                        explainer,
-                        loader,
-                        datamodule.num_parts,
-                        half_size,
-                        settings.parts.noise_std,
-                        settings.parts.noise_clip,
-                        cfg.seed,
-                        device,
-                    )
-                    if len(share)
-                    else None
-                )
-                values.update(
-                    part_scores(gather_images(coverage), C, settings.parts.threshold, boot)
-                )
-        if key == "posthoc":
-            V = models.blackbox.head.weight.detach()
-            V_tilde = models.posthoc.prototypes.sum(dim=1).to(V.device)
-            values["head_error"] = exact(float((V_tilde - V).norm() / V.norm()))
-        rows.append(ResultRow(explainer.name, values))
+        measured.rows.append(row)
+        measured.curves[explainer.name], measured.heatmaps[key] = curves, heatmaps
+    return measured
 
-    if rank != 0:  # rank 0 writes and logs the one table; every rank returns the same metrics
-        barrier()  # (rows hold values gathered from all ranks), e.g. for a sweep's objective
-        return StageResult("evaluate", run_dir, metrics=headline_metrics(rows))
-    notes = [
-        f"{len(labels)} test images ({datamodule.root}); deletion/insertion, heatmaps and explanation time on a "
-        f"seeded subset of {len(subset)}; seed {cfg.seed}; 95% percentile bootstrap intervals over images "
+
+def measure_method(
+    key: str, explainer: Explainer, models: Models, data: TestImages, datamodule, cfg, device
+) -> tuple[ResultRow, Faithfulness, torch.Tensor]:
+    """One method's accuracy, agreement, deletion/insertion, cost, and for a prototype network its
+    prototypes, consistency and stability (and the post-hoc PPN's head error)."""
+    settings = cfg.evaluation
+    estimate = partial(mean_estimate, **bootstrap_settings(cfg))
+    own_model = key in ("posthoc", "protopnet")
+    pred = data.blackbox_pred
+    if own_model:
+        pred = gather_images(
+            predict(explainer.classifier, data.loader, device)[0] if len(data.share) else None
+        )
+    values = {
+        "accuracy": estimate(pred == data.labels),
+        "agreement": estimate(pred == data.blackbox_pred),
+    }
+    local = (
+        explain_and_measure(explainer, data.images, settings) if data.images is not None else None
+    )
+    heatmaps, seconds = gather_images(local[:2] if local is not None else None)
+    curves = gather_images(local[2] if local is not None else None)
+    values["deletion_auc"] = estimate(curves.deletion_auc)
+    values["insertion_auc"] = estimate(curves.insertion_auc)
+    values["seconds_per_image"] = estimate(seconds)
+    if isinstance(explainer, PrototypeExplainer) and own_model:
+        values.update(prototype_scores(explainer, data, datamodule, cfg, device))
+    if key == "posthoc":  # in float32, the precision of the table's published figures
+        values["head_error"] = exact(models.posthoc.relative_head_error(torch.float32))
+    return ResultRow(explainer.name, values), curves, heatmaps
+
+
+def prototype_scores(
+    explainer: PrototypeExplainer, data: TestImages, datamodule, cfg: DictConfig, device
+) -> dict[str, Estimate]:
+    """A prototype network's prototype count and, with part keypoints, consistency and stability."""
+    C, parts = datamodule.num_classes, cfg.evaluation.parts
+    values = {"prototypes": exact(float(C * explainer.prototypes_per_class))}
+    if datamodule.num_parts == 0:
+        return values
+    coverage = None
+    if len(data.share):
+        half_size = region_half_size(datamodule.image_size, parts.half_size)
+        coverage = part_coverage(
+            explainer,
+            data.loader,
+            datamodule.num_parts,
+            half_size,
+            parts.noise_std,
+            parts.noise_clip,
+            cfg.seed,
+            device,
+        )
+    scores = part_scores(gather_images(coverage), C, parts.threshold, bootstrap_settings(cfg))
+    return {**values, **scores}
+
+
+def table_notes(cfg: DictConfig, datamodule, data: TestImages, models: Models) -> list[str]:
+    """What results.md says under the table: images, protocols, settings, paths."""
+    settings = cfg.evaluation
+    half_size = region_half_size(datamodule.image_size, settings.parts.half_size)
+    return [
+        f"{len(data.labels)} test images ({datamodule.root}); deletion/insertion, heatmaps and explanation time on a "
+        f"seeded subset of {len(data.subset)}; seed {cfg.seed}; 95% percentile bootstrap intervals over images "
         f"({settings.bootstrap.resamples} resamples).",
         f"Deletion/insertion (Petsiuk et al. 2018): {settings.faithfulness.steps} steps, substrates "
         f"{settings.faithfulness.deletion_substrate} / {settings.faithfulness.insertion_substrate}, softmax "
@@ -281,44 +294,84 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
             f"Consistency/stability (Huang et al. 2023): region half-size {half_size} px at {datamodule.image_size} "
             f"px, threshold {settings.parts.threshold}, noise std {settings.parts.noise_std} clipped to "
             f"+-{settings.parts.noise_clip}; own-class test images."
-            if has_parts
+            if datamodule.num_parts > 0
             else "Consistency/stability: not applicable (no part keypoints in this dataset)."
         ),
         "n/a: the metric does not apply to the method. Paths: "
         + ", ".join(f"{k}={v}" for k, v in models.paths.items()),
     ]
+
+
+def report(
+    cfg: DictConfig,
+    run_dir: Path,
+    datamodule,
+    models: Models,
+    explainers: dict[str, Explainer],
+    data: TestImages,
+    measured: Measured,
+) -> StageResult:
+    """Rank 0: write results.md/.csv and figures/, and log the table and figures."""
+    rows = measured.rows
     logger = build(cfg.logger)
     logger.log_hyperparams(resolved_container(cfg))
     results_csv = write_csv(rows, run_dir / "results.csv")
+    notes = table_notes(cfg, datamodule, data, models)
     results_md = write_markdown(rows, run_dir / "results.md", notes)
     figures = write_figures(
-        run_dir / "figures", datamodule, models, explainers, subset, heatmaps, curves, settings
+        run_dir / "figures",
+        datamodule,
+        models,
+        explainers,
+        data.subset,
+        measured.heatmaps,
+        measured.curves,
+        cfg.evaluation,
     )
-
     logger.log_metrics(
         {f"eval/{row.method}/{key}": e.value for row in rows for key, e in row.values.items()}
     )
     if hasattr(logger, "log_table"):  # W&B: the same table key in every run, so runs line up
-        logger.log_table(
-            key="evaluation/results",
-            columns=columns(),
-            data=[list(r.flat().values()) for r in rows],
-        )
+        data_rows = [list(r.flat().values()) for r in rows]
+        logger.log_table(key="evaluation/results", columns=columns(), data=data_rows)
+        captions = [p.stem for p in figures]
         logger.log_image(
-            key="evaluation/figures",
-            images=[str(p) for p in figures],
-            caption=[p.stem for p in figures],
+            key="evaluation/figures", images=[str(p) for p in figures], caption=captions
         )
     finish_logging(logger)
-    barrier()
-
     log.info("results:\n%s", results_md.read_text())
-    return StageResult(
-        "evaluate",
-        run_dir,
-        {"results.md": results_md, "results.csv": results_csv, "figures": run_dir / "figures"},
-        headline_metrics(rows),
-    )
+    artifacts = {
+        "results.md": results_md,
+        "results.csv": results_csv,
+        "figures": run_dir / "figures",
+    }
+    return StageResult("evaluate", run_dir, artifacts, headline_metrics(rows))
+
+
+def run_evaluate(cfg: DictConfig) -> StageResult:
+    """Evaluate every method on the test split; write results.md/.csv and figures/, log them:
+    locate and load -> share the images -> explain and measure -> tabulate, draw and log (rank 0).
+
+    Under DDP (`trainer=ddp`, `ddp_cpu`) every rank measures a contiguous share of the images, the
+    per-image values are gathered in image order, and rank 0 computes the table and writes it.
+    """
+    run_dir, datamodule = start_run(cfg)
+    datamodule.setup("test")
+    models = load_models(locate(cfg), datamodule.num_classes, cfg.trust_file)
+    fabric = launch(cfg.trainer)
+    rank, world = fabric.global_rank, fabric.world_size
+    device = fabric.device if world > 1 else stage_device(cfg)
+    for model in (models.blackbox, models.posthoc, models.protopnet):
+        if model is not None:
+            model.to(device).eval()
+    data = test_images(datamodule, models.blackbox, cfg, rank, world, device)
+    explainers = build_explainers(models, cfg.evaluation, cfg.seed)
+    measured = measure(explainers, models, data, datamodule, cfg, device)
+    result = StageResult("evaluate", run_dir, metrics=headline_metrics(measured.rows))
+    if rank == 0:  # rank 0 writes and logs the one table; every rank returns the same metrics
+        result = report(cfg, run_dir, datamodule, models, explainers, data, measured)
+    barrier()
+    return result
 
 
 def headline_metrics(rows: list[ResultRow]) -> dict[str, float]:

@@ -7,7 +7,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from proto_lightning.callbacks import draw_prototype_grid
+from proto_lightning.evaluation.drawing import draw_prototype_grid
+from proto_lightning.loggers import is_wandb
 from proto_lightning.models import ProtoPNet
 from proto_lightning.models.protopnet_schedule import ProtoPNetSchedule
 from proto_lightning.stages.common import (
@@ -48,7 +49,7 @@ def run_protopnet(cfg: DictConfig) -> StageResult:
     if model.projection is not None and model.trainer.is_global_zero:
         path = draw_prototype_grid(model, datamodule, run_dir / "gallery" / "prototypes.png")
         result.artifacts["gallery"] = path
-        if type(model.trainer.logger).__name__ == "WandbLogger":
+        if is_wandb(model.trainer.logger):
             model.trainer.logger.log_image(key="protopnet/prototypes", images=[str(path)])
     finish_logging(model.trainer.logger)
     return result

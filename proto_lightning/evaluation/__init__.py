@@ -1,0 +1,1 @@
+"""Evaluation of the prototype networks and explainers: artifacts, methods, scores, table, figures."""

@@ -1,0 +1,45 @@
+"""The evaluated methods by name (`evaluation.methods`), a registry as `models.BACKBONES` is."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from proto_lightning.errors import ConfigKeyError
+from proto_lightning.evaluation.artifacts import Models
+from proto_lightning.explainers import (
+    Explainer,
+    GradCAMExplainer,
+    LimeExplainer,
+    PostHocExplainer,
+    ProtoPNetExplainer,
+)
+
+# name -> (models, settings, seed) -> the method's explainer, or None when its network was not given
+EXPLAINERS: dict[str, Callable[[Models, Mapping[str, Any], int], Explainer | None]] = {
+    "posthoc": lambda models, settings, seed: (
+        PostHocExplainer(models.posthoc) if models.posthoc is not None else None
+    ),
+    "protopnet": lambda models, settings, seed: (
+        ProtoPNetExplainer(models.protopnet) if models.protopnet is not None else None
+    ),
+    "gradcam": lambda models, settings, seed: GradCAMExplainer(models.blackbox),
+    "lime": lambda models, settings, seed: LimeExplainer(
+        models.blackbox, **settings["lime"], seed=seed
+    ),
+}
+
+
+def build_explainers(
+    models: Models, settings: Mapping[str, Any], seed: int
+) -> dict[str, Explainer]:
+    """The methods of `settings["methods"]`, in table order, skipping networks that were not given;
+    an unknown name is refused with the known ones."""
+    methods: Sequence[str] = settings["methods"]
+    unknown = [m for m in methods if m not in EXPLAINERS]
+    if unknown:
+        raise ConfigKeyError(
+            f"evaluation.methods names {unknown}; known methods: {sorted(EXPLAINERS)}"
+        )
+    built = {m: EXPLAINERS[m](models, settings, seed) for m in methods}
+    return {m: explainer for m, explainer in built.items() if explainer is not None}
