@@ -1,6 +1,8 @@
 """Sweeps: Hydra multirun and optuna over decompose, the SLURM launcher config, W&B sweep files."""
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,34 @@ def test_wandb_sweep_files_call_the_cli_with_valid_keys(path: Path):
     fixed = [c for c in command[2:] if "=" in c and "${" not in c]
     validate_overrides(command[1], [*fixed, *(f"{key}=0" for key in sweep["parameters"])])
     assert sweep["metric"]["goal"] in ("maximize", "minimize")
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_wandb_sweep_command_lines_resolve_through_the_cli(path: Path, tmp_path: Path):
+    """The agent's command line, with the first value of every parameter, composed and resolved by
+    the CLI itself (`--cfg job --resolve`): an interpolation omegaconf does not know fails here."""
+    sweep = yaml.safe_load(path.read_text())
+    chosen = [  # a listed value, or a distribution's lower end
+        f"{key}={spec['values'][0] if 'values' in spec else spec['min']}"
+        for key, spec in sweep["parameters"].items()
+    ]
+    args = [a for c in sweep["command"][1:] for a in (chosen if c == "${args_no_hyphens}" else [c])]
+    ckpt = str(tmp_path / "bb.ckpt")
+    env = {**os.environ, "BLACKBOX_CKPT": ckpt}
+    done = subprocess.run(
+        [sys.executable, "-m", "proto_lightning", *args, "--cfg", "job", "--resolve"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    resolved = yaml.safe_load(done.stdout)
+    for choice in chosen:
+        key, value = choice.split("=")
+        node = resolved
+        for part in key.split("."):
+            node = node[part]
+        assert node == yaml.safe_load(value)
+    if "blackbox_ckpt" in resolved:
+        assert resolved["blackbox_ckpt"] == ckpt
