@@ -85,8 +85,13 @@ def _make_dataset(argv: Sequence[str]) -> int:
     parser.add_argument("--per-class", type=int, default=60)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing dataset folder whole"
+    )
     args = parser.parse_args(argv)
-    out = make_dataset(args.out, args.classes, args.per_class, args.size, args.seed)
+    out = make_dataset(
+        args.out, args.classes, args.per_class, args.size, args.seed, overwrite=args.overwrite
+    )
     print(f"wrote the generated part dataset to {out}")
     return 0
 
@@ -186,13 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if head not in STAGES and head not in TOOLS and relaunch:  # a DDP child re-running our line
         head = relaunch[0].split("=", 1)[1]
         rest = [a for a in argv if a != relaunch[0]]
-    if head in TOOLS:
-        return _make_dataset(rest)
-    if head not in STAGES:
+    if head not in STAGES and head not in TOOLS:
         print(f"unknown stage {head!r}\n\n{usage()}", file=sys.stderr)
         return 2
     try:
-        return _run_stage(head, rest)
+        return _make_dataset(rest) if head in TOOLS else _run_stage(head, rest)
     except ProtoLightningError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

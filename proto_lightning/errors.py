@@ -30,3 +30,7 @@ class MissingArtifactError(ProtoLightningError, FileNotFoundError):
 
 class UntrustedFileError(IncompatibleWeightsError):
     """A file holds pickled Python objects that could run code when read; it is refused unread."""
+
+
+class DatasetExistsError(ProtoLightningError, FileExistsError):
+    """A dataset would be written over an existing one without being asked to."""

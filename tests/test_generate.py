@@ -1,12 +1,16 @@
 """The part-dataset generator writes a valid CUB layout, deterministically, with meaningful keypoints."""
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from proto_lightning.cli import main
 from proto_lightning.data.generate import HEAD_COLOURS, PART_NAMES, make_dataset
+from proto_lightning.errors import DatasetExistsError
 from tests.helpers import TINY
 
 
@@ -73,3 +77,26 @@ def test_head_keypoint_lies_on_the_class_head_colour(tmp_path: Path):
         hits += np.abs(pixel - np.array(HEAD_COLOURS[colour_name])).max() < 60
         total += 1
     assert total > 10 and hits / total > 0.9
+
+
+def test_an_existing_dataset_is_refused_unless_overwrite_then_replaced_whole(tmp_path):
+    out = make_dataset(tmp_path / "parts", classes=3, per_class=2, size=32)
+    before = (out / "images.txt").read_text()
+    with pytest.raises(DatasetExistsError, match="--overwrite"):
+        make_dataset(out, classes=2, per_class=2, size=32)
+    assert (out / "images.txt").read_text() == before  # untouched
+    old = os.umask(0o022)
+    try:
+        make_dataset(out, classes=2, per_class=2, size=32, overwrite=True)
+    finally:
+        os.umask(old)
+    folders = sorted(p.name for p in (out / "images").iterdir())
+    assert len(folders) == 2  # the third class's folder of the old dataset is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts"]  # no temporary left
+    assert out.stat().st_mode & 0o777 == 0o755
+
+
+def test_make_dataset_cli_says_how_to_replace(tmp_path, capsys):
+    make_dataset(tmp_path / "parts", classes=2, per_class=2, size=32)
+    assert main(["make-dataset", "--out", str(tmp_path / "parts"), "--classes", "2"]) == 1
+    assert "--overwrite" in capsys.readouterr().err

@@ -182,3 +182,21 @@ def test_decompose_refuses_a_black_box_of_another_backbone_than_configured(
     )
     with pytest.raises(IncompatibleWeightsError, match="says 'resnet50'"):
         run_decompose(cfg)
+
+
+def test_a_killed_writes_temporary_is_removed_and_modes_follow_the_umask(decomposed, tmp_path):
+    """A SIGKILL leaves `.posthoc.pt.*.tmp` (no except clause runs): the next write removes it; the
+    artifact gets 0644 under umask 022 like every other output, not mkstemp's private 0600."""
+    _, result = decomposed
+    model = PostHocPrototypeNetwork.load(result.artifacts["artifact"])
+    stale = tmp_path / ".posthoc.pt.abc123.tmp"
+    stale.write_bytes(b"half an artifact")
+    other = tmp_path / ".other.pt.abc123.tmp"  # another target's temporary is not ours to remove
+    other.write_bytes(b"x")
+    old = os.umask(0o022)
+    try:
+        model.save(tmp_path / "posthoc.pt")
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc123.tmp", "posthoc.pt"]
+    assert (tmp_path / "posthoc.pt").stat().st_mode & 0o777 == 0o644

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import itertools
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from proto_lightning.atomic import umask_mode
+from proto_lightning.errors import DatasetExistsError
 
 log = logging.getLogger(__name__)
 
@@ -190,13 +195,40 @@ def make_dataset(
     size: int = 128,
     seed: int = 0,
     train_fraction: float = 0.5,
+    overwrite: bool = False,
 ) -> Path:
     """Write the generated part dataset to `out` in the CUB-200-2011 layout; return `out`.
 
     Every image is drawn from its own generator seeded by (seed, class, index), so the output is
-    byte-for-byte reproducible and independent of the order of writing.
+    byte-for-byte reproducible and independent of the order of writing. An existing non-empty `out`
+    is refused unless `overwrite`; then the new dataset is written beside it and replaces it whole,
+    so no file of the old one (e.g. a class folder it had and the new one has not) is left.
     """
-    out = Path(out)
+    final = Path(out)
+    if final.exists() and any(final.iterdir()) and not overwrite:
+        raise DatasetExistsError(
+            f"{final} already exists and is not empty; pass --overwrite (overwrite=True) to "
+            "replace it, or choose another --out"
+        )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    try:
+        _write_dataset(out, classes, per_class, size, seed, train_fraction)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    out.chmod(umask_mode(directory=True))  # mkdtemp makes it private
+    if final.exists():
+        shutil.rmtree(final)
+    out.rename(final)
+    log.info("wrote the part dataset of %d classes to %s", classes, final)
+    return final
+
+
+def _write_dataset(
+    out: Path, classes: int, per_class: int, size: int, seed: int, train_fraction: float
+) -> None:
+    """The images and index files of `make_dataset`, into the (new, empty) folder `out`."""
     birds = make_classes(classes, seed)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     images, labels, split, boxes, locs = [], [], [], [], []
@@ -230,5 +262,3 @@ def make_dataset(
     }
     for name, lines in tables.items():
         (out / name).write_text("\n".join(lines) + "\n")
-    log.info("wrote %d images of %d classes to %s", image_id, classes, out)
-    return out

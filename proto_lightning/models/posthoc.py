@@ -8,8 +8,6 @@ computed as (mean_j f_j) . p~_i; its heatmap f_j(x) . p~_i is only formed when e
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from proto_lightning.atomic import atomic_write_bytes
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.blackbox import BlackBoxClassifier, BlackBoxNet
 from proto_lightning.models.files import plain_data, read_torch_file
@@ -167,17 +166,7 @@ class PostHocPrototypeNetwork(L.LightningModule):
         }
         buffer = io.BytesIO()
         torch.save(state, buffer)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buffer.getvalue())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(
