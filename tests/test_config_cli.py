@@ -141,3 +141,15 @@ def test_debug_group_sets_the_trainer_flags(stage_config):
         assert {k: trainer[k] for k in expected} == expected
     result = run_blackbox(stage_config("blackbox", "debug=fdr"))
     assert result.metrics["epochs"] == 1 and "test/acc" in result.metrics
+
+
+def test_faiss_import_probing_is_not_shown():
+    """FAISS's loader logs its CPU-feature probing at INFO on import (eight lines, one of them a
+    caught ModuleNotFoundError), which shows wherever logging is set up first (pytest, notebooks)."""
+    code = (
+        "import logging; logging.basicConfig(level=logging.INFO)\n"
+        "import proto_lightning.prototypes.projection"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "faiss.loader" not in done.stdout + done.stderr

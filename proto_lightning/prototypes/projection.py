@@ -20,10 +20,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
 import torch.distributed as dist
+
+# FAISS logs its CPU-feature probing (a caught ModuleNotFoundError among it) at INFO when imported:
+# noise in every command's output, so its loader speaks from WARNING on (DEBUG shows it again)
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+import faiss  # noqa: E402  (after quieting its loader)
 
 log = logging.getLogger(__name__)
 
