@@ -271,7 +271,7 @@ def test_load_checkpoint_refuses_missing_and_foreign_files(tmp_path):
     torch.save(
         {"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams)}, foreign
     )
-    with pytest.raises(IncompatibleWeightsError, match="not a ProtoPNet checkpoint"):
+    with pytest.raises(IncompatibleWeightsError, match="is a black-box checkpoint; a ProtoPNet"):
         ProtoPNet.load_checkpoint(foreign)
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(foreign.read_bytes()[:100])

@@ -1,5 +1,6 @@
 """Files a user names are data, never code: a pickle that would run a command is refused unread at
-every entry point, and the refusal says why and how to opt in (`trust_file=true`)."""
+every entry point, and the refusal says why and how to opt in (`trust_file=true`); a model file of
+another kind is named as such."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from proto_lightning.errors import UntrustedFileError
-from proto_lightning.models import BlackBoxNet
+from proto_lightning.errors import IncompatibleWeightsError, UntrustedFileError
+from proto_lightning.models import BlackBoxClassifier, BlackBoxNet, ProtoPNet
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
 from proto_lightning.stages.blackbox import run_blackbox, run_test
 from proto_lightning.stages.decompose import run_decompose
@@ -135,3 +136,25 @@ def test_an_old_artifact_loads_only_behind_trust_file(tiny_demo, tmp_path):
     model = PostHocPrototypeNetwork.load(old, trust_file=True)
     assert torch.equal(model.prototypes, state["prototypes"])
     assert model.nearest_patch(0, 0) == PostHocPrototypeNetwork.load(new).nearest_patch(0, 0)
+
+
+def test_a_model_file_of_another_kind_is_named_as_such(tiny_demo):
+    """Every pair of this project's model files: the refusal names what the file is and what is needed."""
+    files = {
+        "black-box checkpoint": tiny_demo.artifacts["blackbox best checkpoint"],
+        "ProtoPNet checkpoint": tiny_demo.artifacts["protopnet last checkpoint"],
+        "post-hoc artifact (posthoc.pt)": tiny_demo.artifacts["decompose artifact"],
+    }
+    loaders = {
+        "black-box checkpoint": BlackBoxClassifier.load_checkpoint,
+        "ProtoPNet checkpoint": ProtoPNet.load_checkpoint,
+        "post-hoc artifact (posthoc.pt)": PostHocPrototypeNetwork.load,
+    }
+    for needed, load in loaders.items():
+        for kind, path in files.items():
+            if kind == needed:
+                load(path)  # the right kind loads
+                continue
+            with pytest.raises(IncompatibleWeightsError) as excinfo:
+                load(path)
+            assert f"is a {kind}; a {needed} is needed" in str(excinfo.value)

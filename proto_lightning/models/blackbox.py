@@ -15,7 +15,11 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.backbones import build_backbone
-from proto_lightning.models.files import checkpoint_hyperparameters, read_torch_file
+from proto_lightning.models.files import (
+    checkpoint_hyperparameters,
+    read_torch_file,
+    require_kind,
+)
 from proto_lightning.settings import checked_settings
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -189,6 +193,7 @@ class BlackBoxClassifier(L.LightningModule):
             map_location=map_location,
             trust_file=trust_file,
         )
+        require_kind(checkpoint, "black-box checkpoint", path)
         params = checkpoint_hyperparameters(
             checkpoint, {"num_classes", "optimizer"}, path, "BlackBoxClassifier"
         )

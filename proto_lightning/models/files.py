@@ -85,6 +85,42 @@ def plain_data(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not plain data (tensor, number, string, container)")
 
 
+# the kinds of model file this project reads, as a user would name them, and what makes each
+KINDS = {
+    "black-box checkpoint": "proto-lightning blackbox",
+    "ProtoPNet checkpoint": "proto-lightning protopnet",
+    "post-hoc artifact (posthoc.pt)": "proto-lightning decompose",
+}
+
+
+def file_kind(content: Any) -> str:
+    """Which kind of model file `content` (a loaded file) is, by what it holds."""
+    if not isinstance(content, dict):
+        return f"{type(content).__name__} (not a model file of this project)"
+    if str(content.get("format", "")).startswith("proto-lightning/posthoc-ppn"):
+        return "post-hoc artifact (posthoc.pt)"
+    params = content.get("hyper_parameters")
+    if isinstance(params, dict) and {"prototypes_per_class", "prototype_dim"} <= params.keys():
+        return "ProtoPNet checkpoint"
+    if isinstance(params, dict) and {"backbone", "num_classes", "optimizer"} <= params.keys():
+        return "black-box checkpoint"
+    if content and all(isinstance(v, torch.Tensor) for v in content.values()):
+        return "plain state dict (weights without the model's description)"
+    return "file of unknown content (keys: " + ", ".join(sorted(map(str, content))[:8]) + ")"
+
+
+def require_kind(
+    content: Any, expected: str, path: str | Path, error: type[Exception] = IncompatibleWeightsError
+) -> None:
+    """Refuse a model file of another of this project's kinds (KINDS) than `expected`, naming both;
+    other content is left to the loader's own checks."""
+    found = file_kind(content)
+    if found != expected and found in KINDS:
+        raise error(
+            f"{path} is a {found}; a {expected} is needed here (made by `{KINDS[expected]}`)"
+        )
+
+
 def checkpoint_hyperparameters(
     checkpoint: Any, required: Iterable[str], path: str | Path, kind: str
 ) -> dict[str, Any]:

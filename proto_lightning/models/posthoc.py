@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from proto_lightning.atomic import atomic_write_bytes
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.blackbox import BlackBoxClassifier, BlackBoxNet
-from proto_lightning.models.files import plain_data, read_torch_file
+from proto_lightning.models.files import plain_data, read_torch_file, require_kind
 from proto_lightning.prototypes.network import (
     PrototypeExplanation,
     nearest_patch,
@@ -189,6 +189,7 @@ class PostHocPrototypeNetwork(L.LightningModule):
             map_location=map_location,
             trust_file=trust_file,
         )
+        require_kind(state, "post-hoc artifact (posthoc.pt)", path, IncompatibleArtifactError)
         if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
             found = state.get("format") if isinstance(state, dict) else type(state).__name__
             raise IncompatibleArtifactError(

@@ -26,7 +26,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.backbones import build_backbone
 from proto_lightning.models.blackbox import BlackBoxClassifier
-from proto_lightning.models.files import checkpoint_hyperparameters, read_torch_file
+from proto_lightning.models.files import (
+    checkpoint_hyperparameters,
+    read_torch_file,
+    require_kind,
+)
 from proto_lightning.models.protopnet_losses import cluster_cost, last_layer_l1, separation_cost
 from proto_lightning.models.protopnet_schedule import ProtoPNetSchedule, Step
 from proto_lightning.prototypes.boxes import projected_boxes
@@ -426,6 +430,7 @@ class ProtoPNet(L.LightningModule):
             map_location=map_location,
             trust_file=trust_file,
         )
+        require_kind(checkpoint, "ProtoPNet checkpoint", path)
         required = {"num_classes", "prototypes_per_class", "prototype_dim"}
         params = checkpoint_hyperparameters(checkpoint, required, path, "ProtoPNet")
         model = cls(**{**params, "init_from_blackbox": None})  # the weights come from the file
