@@ -145,6 +145,20 @@ def sweep_objective(cfg: DictConfig, result: StageResult) -> float | None:
     return float(result.metrics[cfg.objective])
 
 
+def check_objective(stage: str, cfg: DictConfig) -> None:
+    """Refuse `objective=` naming no metric the stage reports, before any work (stages that declare
+    theirs: `reported_metrics(cfg)` in the stage's module)."""
+    if cfg.get("objective") is None:
+        return
+    module = importlib.import_module(STAGES[stage][0].split(":")[0])
+    reported = getattr(module, "reported_metrics", None)
+    if reported is not None and cfg.objective not in (known := reported(cfg)):
+        raise ConfigKeyError(
+            f"objective={cfg.objective!r} is not a metric of the {stage} stage with this config; "
+            f"it reports: {', '.join(sorted(known))}"
+        )
+
+
 def _run_stage(stage: str, overrides: list[str]) -> int:
     module, function = STAGES[stage][0].split(":")
     task = getattr(importlib.import_module(module), function)
@@ -158,7 +172,7 @@ def _run_stage(stage: str, overrides: list[str]) -> int:
         "-i",
     }
     if not hydra_flags & set(overrides):
-        validate_overrides(stage, split_hydra_flags(overrides)[1])
+        check_objective(stage, validate_overrides(stage, split_hydra_flags(overrides)[1]))
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=stage)
     def _main(cfg: DictConfig) -> float | None:

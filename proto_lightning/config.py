@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -83,16 +84,26 @@ def first_point(overrides: Sequence[str]) -> list[str]:
 
 
 def validate_overrides(config_name: str, overrides: Sequence[str]) -> DictConfig:
-    """Compose once (a sweep at its first point) and turn an unknown key into an error listing the
-    closest keys, and a launcher setting that cannot be resolved (e.g. SLURM with
-    `trainer.devices=auto`) into its own error; returns the composed config."""
+    """Check a command line before any work and return its composed config (a sweep at its first
+    point): unknown keys (with the closest ones), unknown group options (with the existing ones),
+    values of the wrong type, loggers whose optional package is missing, and launcher settings that
+    cannot be resolved (e.g. SLURM with `trainer.devices=auto`) each get a one-line error."""
     overrides = first_point(overrides)
+    config = _compose_known(config_name, overrides)
+    _check_value_types(config_name, overrides, config)
+    _check_optional_packages(config)
+    _check_launcher(config)
+    return config
+
+
+def _compose_known(config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose, turning an unknown key or group option into a `ConfigKeyError` that says what exists."""
     try:
-        config = compose_config(config_name, overrides)
+        return compose_config(config_name, overrides)
     except ConfigCompositionException as err:
         bad = _unknown_key(err)
-        if bad is None:
-            raise
+        if bad is None:  # e.g. model/backbone=resnet5: Hydra's own message lists the options
+            raise ConfigKeyError(f"{str(err).strip()}") from None
         parsed = OverridesParser.create().parse_overrides(list(overrides))
         known_good = [o.input_line for o in parsed if o.get_key_element() != bad]
         try:
@@ -105,15 +116,62 @@ def validate_overrides(config_name: str, overrides: Sequence[str]) -> DictConfig
             f"Add a new key with '+{bad}=...' if you really mean to; "
             f"`proto-lightning {config_name} --cfg job` prints every key."
         ) from err
-    if config.hydra.get("launcher") is not None:
-        try:  # the launcher sizes the jobs at submission: fail now, not after the sweep starts
-            OmegaConf.to_container(config.hydra.launcher, resolve=True)
-        except InterpolationResolutionError as err:
-            cause = _cause_of_type(err, ConfigKeyError)
-            if cause is not None:
-                raise cause from None
-            raise
-    return config
+
+
+def _check_value_types(config_name: str, overrides: list[str], config: DictConfig) -> None:
+    """A value given for a key whose default is a number (or a boolean) must be one too (null aside):
+    `trainer.max_epochs=abc` fails here, not after the run folder, data and W&B run exist."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    values = [
+        o
+        for o in parsed
+        if not o.is_add()
+        and not o.is_delete()
+        and "/" not in o.key_or_group
+        and not isinstance(OmegaConf.select(config, o.key_or_group), DictConfig)
+    ]
+    defaults = compose_config(config_name, [o.input_line for o in parsed if o not in values])
+    for o in values:
+        default = OmegaConf.select(defaults, o.key_or_group, default=None)
+        given = OmegaConf.select(config, o.key_or_group)
+        if not isinstance(default, int | float) or given is None:
+            continue
+        if isinstance(default, bool):
+            fits, kind = isinstance(given, bool), "true or false"
+        else:
+            fits, kind = isinstance(given, int | float) and not isinstance(given, bool), "a number"
+        if not fits:
+            raise ConfigKeyError(
+                f"{o.key_or_group}={given!r}: expected {kind} (the default is {default!r})"
+            )
+
+
+# optional packages some config choices need: logger target suffix -> (importable modules, extra)
+OPTIONAL_LOGGERS = {"TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard")}
+
+
+def _check_optional_packages(config: DictConfig) -> None:
+    """A logger whose package is an optional extra, when that package is not installed."""
+    target = str(OmegaConf.select(config, "logger._target_", default="") or "")
+    for suffix, (modules, extra) in OPTIONAL_LOGGERS.items():
+        if target.endswith(suffix) and not any(importlib.util.find_spec(m) for m in modules):
+            raise ConfigKeyError(
+                f'this logger needs the optional package {modules[0]}: pip install -e ".[{extra}]" '
+                f"(or pip install {modules[0]})"
+            )
+
+
+def _check_launcher(config: DictConfig) -> None:
+    """The launcher sizes the jobs at submission: resolve its settings now, not after a sweep starts."""
+    if config.hydra.get("launcher") is None:
+        return
+    try:
+        OmegaConf.to_container(config.hydra.launcher, resolve=True)
+    except InterpolationResolutionError as err:
+        cause = _cause_of_type(err, ConfigKeyError)
+        if cause is not None:
+            raise cause from None
+        raise
 
 
 def _cause_of_type(err: BaseException | None, kind: type[BaseException]) -> BaseException | None:

@@ -1,11 +1,11 @@
 """Configuration and command line: stages listed, overrides composed, unknown keys refused with close matches."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from hydra.errors import ConfigCompositionException
 
 from proto_lightning.cli import STAGES, main
 from proto_lightning.config import compose_config, validate_overrides
@@ -52,9 +52,41 @@ def test_unknown_key_lists_close_matches():
     validate_overrides("blackbox", ["+trainer.fast_dev_run=true"])  # '+' adds a key on purpose
 
 
-def test_unknown_group_option_fails_listing_options():
-    with pytest.raises(ConfigCompositionException, match="resnet50"):
+def test_unknown_group_option_fails_listing_options(capsys):
+    with pytest.raises(ConfigKeyError, match="resnet50"):
         validate_overrides("blackbox", ["model/backbone=resnet5"])
+    assert main(["blackbox", "model/backbone=resnet5"]) == 1  # one message, no traceback
+    err = capsys.readouterr().err
+    assert "Available options in 'model/backbone'" in err and "Traceback" not in err
+
+
+def test_a_missing_optional_logger_package_names_the_extra(monkeypatch):
+    real = importlib.util.find_spec
+    hidden = {"tensorboard", "tensorboardX"}
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a)
+    )
+    with pytest.raises(ConfigKeyError, match=r'pip install -e "\.\[tensorboard\]"'):
+        validate_overrides("blackbox", ["logger=tensorboard"])
+
+
+@pytest.mark.parametrize(
+    ("stage", "overrides", "message"),
+    [
+        ("blackbox", ["trainer.max_epochs=abc"], "expected a number"),
+        ("blackbox", ["run_test=yes"], "expected true or false"),
+        (
+            "decompose",
+            ["blackbox_ckpt=x.ckpt", "evaluate_after=true", "objective=Post-hoc PPN/consistancy"],
+            "Post-hoc PPN/consistency",
+        ),
+    ],
+)
+def test_bad_values_fail_before_any_work(stage, overrides, message, tmp_path, capsys):
+    """No run folder, data or W&B run is made for a value that cannot work."""
+    assert main([stage, *overrides, f"paths.runs={tmp_path / 'runs'}"]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_cli_exits_nonzero_on_a_wrong_key(capsys):

@@ -30,6 +30,15 @@ EXPLAINERS: dict[str, Callable[[Models, Mapping[str, Any], int], Explainer | Non
 }
 
 
+# name -> the method's row name in the table
+ROW_NAMES = {
+    "posthoc": PostHocExplainer.name,
+    "protopnet": ProtoPNetExplainer.name,
+    "gradcam": GradCAMExplainer.name,
+    "lime": LimeExplainer.name,
+}
+
+
 def build_explainers(
     models: Models, settings: Mapping[str, Any], seed: int
 ) -> dict[str, Explainer]:

@@ -37,13 +37,14 @@ from proto_lightning.stages.common import (
     stage_device,
     start_run,
 )
-from proto_lightning.stages.evaluate import run_evaluate
+from proto_lightning.stages.evaluate import metric_names, run_evaluate
 
 log = logging.getLogger(__name__)
 
 # The guarantee (same top-1, max |logit gap| < 1e-4) is a float32 one: under autocast both logits
 # would be rounded to 16 bits, so the network is tested in full precision whatever the trainer says.
 EXACT_PRECISION = "32-true"
+EVALUATED_METHODS = ["posthoc"]  # evaluate_after's rows: the new network's, beside the black box's
 
 
 def _index_rows(
@@ -167,7 +168,7 @@ def log_decomposition(
 def evaluation_config(cfg: DictConfig, artifact: Path) -> DictConfig:
     """The evaluate stage's config for the network just made: its rows only, into <run>/evaluate,
     logged as CSV there (this stage's logger carries the metrics, e.g. to a W&B sweep)."""
-    evaluation = OmegaConf.merge(cfg.evaluation, {"methods": ["posthoc"]})
+    evaluation = OmegaConf.merge(cfg.evaluation, {"methods": EVALUATED_METHODS})
     return stage_config(
         cfg,
         "evaluate",
@@ -405,3 +406,29 @@ def timed(timings: dict[str, float], name: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     timings[name] = time.perf_counter() - start
+
+
+# what the decompose stage reports besides evaluate's metrics (with evaluate_after)
+DECOMPOSE_METRICS = {
+    *(
+        f"test/{k}"
+        for k in ("acc", "agreement", "relative_head_error", "max_logit_gap", "mean_logit_gap")
+    ),
+    *(
+        f"decompose/{k}"
+        for k in (
+            "residual_norm_mean",
+            "relative_head_error",
+            "objective_even_mean",
+            "objective_refined_mean",
+        )
+    ),
+    *(f"time/{k}" for k in ("features", "nmf+refinement", "projection")),
+}
+
+
+def reported_metrics(cfg: DictConfig) -> set[str]:
+    """Every metric name the stage reports with this config, known before it runs (see `objective`)."""
+    if not cfg.get("evaluate_after", False):
+        return set(DECOMPOSE_METRICS)
+    return DECOMPOSE_METRICS | metric_names(EVALUATED_METHODS)

@@ -17,7 +17,7 @@ from proto_lightning.distributed import barrier, contiguous_share, gather_object
 from proto_lightning.evaluation.artifacts import Models, load_models, locate
 from proto_lightning.evaluation.drawing import draw_prototype_grid, nearest_patch_image, to_uint8
 from proto_lightning.evaluation.figures import PrototypeTerm, curves_figure, explanation_figure
-from proto_lightning.evaluation.methods import build_explainers
+from proto_lightning.evaluation.methods import ROW_NAMES, build_explainers
 from proto_lightning.evaluation.scores import (
     Faithfulness,
     PartCoverage,
@@ -374,15 +374,28 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
     return result
 
 
+HEADLINE = ("accuracy", "consistency", "stability", "deletion_auc", "insertion_auc")
+
+
 def headline_metrics(rows: list[ResultRow]) -> dict[str, float]:
     """`<method>/<metric>` of the table's headline columns: what the stage reports (and a sweep reads)."""
-    headline = ("accuracy", "consistency", "stability", "deletion_auc", "insertion_auc")
     return {
         f"{row.method}/{key}": row.values[key].value
         for row in rows
-        for key in headline
+        for key in HEADLINE
         if key in row.values
     }
+
+
+def metric_names(methods: list[str]) -> set[str]:
+    """Every metric name an evaluation of `methods` can report (a method's row may lack some)."""
+    rows = ["black box", *(ROW_NAMES[m] for m in methods if m in ROW_NAMES)]
+    return {f"{row}/{key}" for row in rows for key in HEADLINE}
+
+
+def reported_metrics(cfg: DictConfig) -> set[str]:
+    """The stage's metric names with this config, known before it runs (see `objective`)."""
+    return metric_names(list(cfg.evaluation.methods))
 
 
 def write_figures(
