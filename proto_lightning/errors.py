@@ -34,3 +34,7 @@ class UntrustedFileError(IncompatibleWeightsError):
 
 class DatasetExistsError(ProtoLightningError, FileExistsError):
     """A dataset would be written over an existing one without being asked to."""
+
+
+class ConfigValueError(ProtoLightningError, ValueError):
+    """A setting's value cannot work with the data or the run it is given; the message says the range."""

@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 
 from proto_lightning.data import CUB200DataModule, ImageFolderDataModule
-from proto_lightning.errors import CorruptImageError, DatasetLayoutError
+from proto_lightning.data.datamodule import stratified_val_split
+from proto_lightning.errors import ConfigValueError, CorruptImageError, DatasetLayoutError
+from proto_lightning.stages.blackbox import run_blackbox
 from tests.helpers import TINY
 
 
@@ -118,3 +120,20 @@ def test_image_folder_datamodule(tmp_path: Path):
     assert batch["image"].shape == (4, 3, 32, 32) and batch["keypoints"].shape == (4, 0, 4)
     with pytest.raises(DatasetLayoutError, match="test"):
         ImageFolderDataModule(tmp_path / "train").setup()
+
+
+def test_a_validation_fraction_too_small_for_a_stratified_split_says_what_works():
+    """3 classes x 6 training images: 0.1 gives 2 validation images for 3 classes (scikit-learn:
+    'test_size = 2 should be greater or equal to the number of classes = 3')."""
+    rows, labels = np.arange(18), np.repeat(np.arange(3), 6)
+    with pytest.raises(ConfigValueError, match=r"between 0\.167 and 0\.833.*val_fraction=0"):
+        stratified_val_split(rows, labels, 0.1, seed=0)
+    train, val = stratified_val_split(rows, labels, 0.2, seed=0)  # ceil(3.6) = 4 >= 3
+    assert len(val) == 4 and set(labels[val]) == {0, 1, 2}
+    assert len(stratified_val_split(rows, labels, 0.0, seed=0)[1]) == 0
+
+
+def test_no_validation_split_tests_the_last_checkpoint(stage_config):
+    result = run_blackbox(stage_config("blackbox", "data.val_fraction=0", "trainer.max_epochs=2"))
+    assert "best checkpoint" not in result.artifacts and "test/acc" in result.metrics
+    assert result.artifacts["last checkpoint"].is_file()

@@ -21,7 +21,7 @@ from proto_lightning.data.transforms import (
     Augmentation,
     KeypointImageTransform,
 )
-from proto_lightning.errors import CorruptImageError
+from proto_lightning.errors import ConfigValueError, CorruptImageError
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,28 @@ ON_CORRUPT = ("error", "skip")
 def stratified_val_split(
     rows: np.ndarray, labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Carve a class-stratified, seeded validation share out of the training rows."""
+    """Carve a class-stratified, seeded validation share out of the training rows (none for 0).
+
+    A stratified split needs a validation and a training image of every class: a fraction too
+    small or too large for that is refused with the range that works.
+    """
     if fraction <= 0:
         return rows, rows[:0]
+    n, counts = len(rows), np.unique(labels, return_counts=True)[1]
+    classes, n_val = len(counts), int(np.ceil(fraction * n))  # scikit-learn's rounding
+    if counts.min() < 2:
+        raise ConfigValueError(
+            "a class has a single training image, which a stratified validation split cannot "
+            "divide: set data.val_fraction=0 for no validation (the last checkpoint is then tested)"
+        )
+    if n_val < classes or n - n_val < classes:
+        low, high = classes / n, (n - classes) / n
+        raise ConfigValueError(
+            f"data.val_fraction={fraction} carves {n_val} validation images out of {n} training "
+            f"images of {classes} classes, but a stratified split needs at least one of each class "
+            f"on both sides: set data.val_fraction between {low:.3f} and {high:.3f}, or "
+            "data.val_fraction=0 for no validation (the last checkpoint is then tested)"
+        )
     train, val = train_test_split(rows, test_size=fraction, stratify=labels, random_state=seed)
     return np.sort(train), np.sort(val)
 
@@ -156,9 +175,9 @@ class PartDataModule(L.LightningDataModule):
         """Augmented, shuffled training batches."""
         return self._loader(self.train_set, train=True)
 
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches (carved from train, no augmentation)."""
-        return self._loader(self.val_set, train=False)
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation batches (carved from train, no augmentation); none with `val_fraction=0`."""
+        return self._loader(self.val_set, train=False) if len(self.val_set) else []
 
     def test_dataloader(self) -> DataLoader:
         """Test batches."""

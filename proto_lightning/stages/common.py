@@ -134,7 +134,9 @@ def fit_and_test(
             result.artifacts["last checkpoint"] = ckpt_dir / "last.ckpt"
     if cfg.run_test:
         best = ckpt_dir is not None and trainer.checkpoint_callback.best_model_path
-        use_best = test_checkpoint == "best" and bool(best)  # none under fast_dev_run
+        use_best = test_checkpoint == "best" and bool(best)
+        if test_checkpoint == "best" and not use_best:  # val_fraction=0, fast_dev_run
+            log.info("no best checkpoint (no validation): testing the final weights (last.ckpt)")
         metrics = trainer.test(
             model,
             datamodule=datamodule,
