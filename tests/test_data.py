@@ -12,7 +12,8 @@ from proto_lightning.data import CUB200DataModule, ImageFolderDataModule
 from proto_lightning.data.datamodule import stratified_val_split
 from proto_lightning.errors import ConfigValueError, CorruptImageError, DatasetLayoutError
 from proto_lightning.stages.blackbox import run_blackbox
-from tests.helpers import TINY
+from proto_lightning.stages.decompose import run_decompose
+from tests.helpers import TINY, stage_cfg
 
 
 def datamodule(root: Path, **kwargs) -> CUB200DataModule:
@@ -137,3 +138,34 @@ def test_no_validation_split_tests_the_last_checkpoint(stage_config):
     result = run_blackbox(stage_config("blackbox", "data.val_fraction=0", "trainer.max_epochs=2"))
     assert "best checkpoint" not in result.artifacts and "test/acc" in result.metrics
     assert result.artifacts["last checkpoint"].is_file()
+
+
+def test_an_empty_class_folder_is_refused_naming_it(tmp_path: Path):
+    """It used to be accepted: decompose then drew that class's prototypes on another class's image."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("cars", "dogs"):
+            (tmp_path / split / name).mkdir(parents=True)
+    for i in range(4):
+        image = Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))
+        image.save(tmp_path / "train" / "cars" / f"{i}.png")
+        image.save(tmp_path / "test" / "cars" / f"{i}.png")
+        image.save(tmp_path / "test" / "dogs" / f"{i}.png")
+    with pytest.raises(DatasetLayoutError, match=r"train/dogs holds no image"):
+        ImageFolderDataModule(tmp_path, image_size=32).setup()
+
+
+def test_decompose_refuses_a_class_without_training_images(parts_root, tmp_path, tiny_demo):
+    """The same 4 classes, but class 4's images all moved to the test split."""
+    data = tmp_path / "parts"
+    shutil.copytree(parts_root, data)
+    labels = dict(
+        line.split() for line in (data / "image_class_labels.txt").read_text().split("\n") if line
+    )
+    split = [line.split() for line in (data / "train_test_split.txt").read_text().splitlines()]
+    moved = [f"{i} {0 if labels[i] == '4' else flag}" for i, flag in split]
+    (data / "train_test_split.txt").write_text("\n".join(moved) + "\n")
+    best = tiny_demo.artifacts["blackbox best checkpoint"]
+    cfg = stage_cfg("decompose", data, tmp_path / "run", f"blackbox_ckpt={best}")
+    with pytest.raises(DatasetLayoutError, match=r"no training images"):
+        run_decompose(cfg)

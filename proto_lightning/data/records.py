@@ -165,6 +165,11 @@ def read_image_folders(root: str | Path) -> ImageRecords:
             files = sorted(
                 p for p in (folder / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES
             )
+            if not files and (folder / name).is_dir():
+                raise DatasetLayoutError(
+                    f"class folder {folder / name} holds no image ({', '.join(IMAGE_SUFFIXES)}): "
+                    "add its images or remove the folder"
+                )
             paths += files
             labels += [label] * len(files)
             is_train += [split == "train"] * len(files)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from proto_lightning.config import resolved_container
 from proto_lightning.distributed import barrier, contiguous_share, gather_objects, launch
-from proto_lightning.errors import IncompatibleWeightsError
+from proto_lightning.errors import DatasetLayoutError, IncompatibleWeightsError
 from proto_lightning.models import BlackBoxClassifier, BlackBoxNet
 from proto_lightning.models.files import require_class_count
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
@@ -196,6 +196,20 @@ class ClassShare:
             c for b in batches for c in range(b * per_batch, min(num_classes, (b + 1) * per_batch))
         ]
         return cls(batches, classes)
+
+
+def require_push_images(datamodule) -> None:
+    """Every class needs push (training) images: its prototypes are factorised from their features
+    and shown as one of their patches; a class without any is refused, naming it."""
+    present = np.unique(datamodule.push_set.labels)
+    missing = sorted(set(range(datamodule.num_classes)) - set(present.tolist()))
+    if missing:
+        names = [datamodule.records.class_names[c] for c in missing]
+        raise DatasetLayoutError(
+            f"class(es) {names} have no training images in {datamodule.root}, so they have no "
+            "features to decompose and no patch to show: add training images of them, or train "
+            "and decompose the black box on data without them"
+        )
 
 
 def load_blackbox(cfg: DictConfig, num_classes: int) -> BlackBoxNet:
@@ -381,6 +395,7 @@ def run_decompose(cfg: DictConfig) -> StageResult:
     device = fabric.device if world > 1 else stage_device(cfg)
     net = net.to(device)
     datamodule.setup("test")
+    require_push_images(datamodule)
     share = ClassShare.of_rank(datamodule.num_classes, cfg.model.nmf.classes_per_batch, rank, world)
     V = net.head.weight.detach().cpu()
     timings: dict[str, float] = {}
