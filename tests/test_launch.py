@@ -44,6 +44,7 @@ def test_protopnet_trains_every_phase_on_two_gloo_processes(parts_root: Path, tm
         *on_gloo(parts_root, run),
         *schedule_overrides,
         "model.schedule.last_layer_iterations=1",
+        "trainer.max_epochs=null",
         "model.prototypes_per_class=2",
         "model.prototype_dim=16",
     )

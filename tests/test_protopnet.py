@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from proto_lightning.errors import IncompatibleWeightsError
+from proto_lightning.errors import ConfigValueError, IncompatibleWeightsError
 from proto_lightning.models.protopnet import TRAINABLE, ProtoPNet, ProtoPNetNet, add_on_layers
 from proto_lightning.models.protopnet_losses import cluster_cost, last_layer_l1, separation_cost
 from proto_lightning.models.protopnet_schedule import ProtoPNetSchedule
@@ -25,7 +25,9 @@ SHORT = [
 
 
 def config(parts_root: Path, run_dir: Path, *overrides: str):
-    return stage_cfg("protopnet", parts_root, run_dir, *SHORT, *overrides)
+    return stage_cfg(
+        "protopnet", parts_root, run_dir, *SHORT, "trainer.max_epochs=null", *overrides
+    )
 
 
 def test_distances_equal_squared_cdist():
@@ -277,3 +279,13 @@ def test_load_checkpoint_refuses_missing_and_foreign_files(tmp_path):
     truncated.write_bytes(foreign.read_bytes()[:100])
     with pytest.raises(IncompatibleWeightsError, match="cannot read"):
         ProtoPNet.load_checkpoint(truncated)
+
+
+def test_max_epochs_cuts_the_plan_or_is_refused_naming_the_schedule(parts_root: Path, tmp_path):
+    """It used to be overwritten silently: asked for 2 epochs, a run went on to its pushes."""
+    cut = run_protopnet(config(parts_root, tmp_path / "cut", "trainer.max_epochs=2"))
+    assert cut.metrics["epochs"] == 2.0
+    state = torch.load(cut.artifacts["last checkpoint"], weights_only=True)
+    assert state["epoch"] == 1  # epochs 0 and 1 of the SHORT plan, nothing after
+    with pytest.raises(ConfigValueError, match="model.schedule.epochs"):
+        run_protopnet(config(parts_root, tmp_path / "long", "trainer.max_epochs=1000"))

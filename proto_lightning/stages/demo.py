@@ -27,7 +27,10 @@ def run_demo(cfg: DictConfig) -> StageResult:
         )
     )
     protopnet_model = OmegaConf.merge(cfg.protopnet, {"init_from_blackbox": best})
-    protopnet = run_protopnet(stage_config(cfg, "protopnet", model=protopnet_model))
+    whole_plan = OmegaConf.merge(cfg.trainer, {"max_epochs": None})  # the schedule sets the length
+    protopnet = run_protopnet(
+        stage_config(cfg, "protopnet", model=protopnet_model, trainer=whole_plan)
+    )
     evaluate = run_evaluate(
         stage_config(cfg, "evaluate", from_run=str(cfg.run_dir), posthoc=None)
     )  # the demo's own `posthoc` is the decomposition's settings, not an artifact path

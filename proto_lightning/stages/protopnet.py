@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from proto_lightning.errors import ConfigValueError
 from proto_lightning.evaluation.drawing import draw_prototype_grid
 from proto_lightning.loggers import is_wandb
 from proto_lightning.models import ProtoPNet
@@ -18,6 +20,8 @@ from proto_lightning.stages.common import (
     fit_and_test,
     start_run,
 )
+
+log = logging.getLogger(__name__)
 
 
 def with_unused_parameters(strategy: Any) -> Any:
@@ -34,10 +38,34 @@ def with_unused_parameters(strategy: Any) -> Any:
     return strategy
 
 
+def epochs_to_run(cfg: DictConfig) -> int:
+    """Lightning epochs to train: the schedule's whole plan (`trainer.max_epochs=null`), or the
+    first `trainer.max_epochs` of it; more than the plan is refused, naming the key that sets it."""
+    plan = len(ProtoPNetSchedule(**cfg.model.schedule).plan())
+    asked = cfg.trainer.get("max_epochs")
+    if asked is None:
+        return plan
+    if asked > plan:
+        raise ConfigValueError(
+            f"trainer.max_epochs={asked} is more than the ProtoPNet schedule's {plan} Lightning epochs "
+            f"(model.schedule.epochs={cfg.model.schedule.epochs} official epochs, with warm-up, pushes "
+            "and last-layer passes): set model.schedule.epochs to train longer, or "
+            "trainer.max_epochs=null for the whole plan"
+        )
+    if asked < plan:
+        log.info(
+            "training the first %d of the schedule's %d Lightning epochs (trainer.max_epochs; "
+            "model.schedule.epochs sets the whole plan)",
+            asked,
+            plan,
+        )
+    return asked
+
+
 def run_protopnet(cfg: DictConfig) -> StageResult:
-    """Fit ProtoPNet for its whole plan (resumable), test the final model, write its prototype gallery."""
+    """Fit ProtoPNet for its plan (resumable), test the final model, write its prototype gallery."""
     with open_dict(cfg):  # the schedule fixes the number of Lightning epochs
-        cfg.trainer.max_epochs = len(ProtoPNetSchedule(**cfg.model.schedule).plan())
+        cfg.trainer.max_epochs = epochs_to_run(cfg)
         if cfg.trainer.get("strategy") is not None:
             strategy = cfg.trainer.strategy
             if isinstance(strategy, DictConfig):
