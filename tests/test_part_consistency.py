@@ -93,6 +93,7 @@ class ConvPrototypes:
     """A stand-in prototype network: k fixed random 3x3 filters over the image are its prototype maps."""
 
     prototypes_per_class = 2
+    name = "conv prototypes"
 
     def __init__(self) -> None:
         self.filters = torch.randn(2, 3, 3, 3, generator=torch.Generator().manual_seed(0))

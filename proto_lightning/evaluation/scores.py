@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from proto_lightning.evaluation.progress import Progress
 from proto_lightning.explainers.base import Explainer, PrototypeExplainer
 from proto_lightning.metrics.faithfulness import area_under_curve, causal_curves
 from proto_lightning.metrics.part_consistency import covered_parts, perturb, visible_parts
@@ -30,6 +31,7 @@ def explain_timed(
     explainer: Explainer, images: torch.Tensor, targets: torch.Tensor, batch_size: int
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Heatmaps (N, H, W) on the CPU, and the wall-clock seconds each image's explanation took (N,)."""
+    progress = Progress(f"{explainer.name} explanations", len(images))
     heatmaps, seconds = [], []
     for start in range(0, len(images), batch_size):
         chunk = slice(start, start + batch_size)
@@ -40,6 +42,7 @@ def explain_timed(
         elapsed = time.perf_counter() - begin
         heatmaps.append(maps.float().cpu())
         seconds += [elapsed / len(maps)] * len(maps)
+        progress.advance(len(maps))
     return torch.cat(heatmaps), np.asarray(seconds)
 
 
@@ -109,6 +112,10 @@ def part_coverage(
     device: torch.device,
 ) -> PartCoverage:
     """Covered parts of each prototype of the true class on clean and noisy test images (EvalProtoPNet)."""
+    images = (
+        len(loader.dataset) if hasattr(loader, "dataset") else sum(len(b["label"]) for b in loader)
+    )
+    progress = Progress(f"{explainer.name} part coverage", images)
     covered, noisy, visible, labels = [], [], [], []
     for batch in loader:
         images, classes = batch["image"].to(device), torch.as_tensor(batch["label"]).to(device)
@@ -122,4 +129,5 @@ def part_coverage(
             out.append(covered_parts(maps, keypoints, num_parts, size, half_size).cpu())
         visible.append(visible_parts(keypoints, num_parts).cpu())
         labels.append(classes.cpu())
+        progress.advance(len(classes))
     return PartCoverage(torch.cat(covered), torch.cat(noisy), torch.cat(visible), torch.cat(labels))
