@@ -3,13 +3,17 @@
 import csv
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from PIL import Image
 
 from proto_lightning.data.generate import make_dataset
 from proto_lightning.errors import IncompatibleWeightsError, MissingArtifactError
+from proto_lightning.evaluation.drawing import HIGH_COLOUR, RF_COLOUR, draw_prototype_grid
 from proto_lightning.evaluation.table import METRICS
 from proto_lightning.models import BlackBoxClassifier
 from proto_lightning.stages.evaluate import run_evaluate
@@ -88,3 +92,37 @@ def test_black_box_alone_gives_the_black_box_rows_in_a_wandb_table(
     assert list(read_rows(result.artifacts["results.csv"])) == ["black box", "Grad-CAM"]
     (run_file,) = (result.run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     assert b"evaluation/results" in run_file.read_bytes()
+
+
+def test_results_md_names_paths_relative_to_its_run_folder(tiny_demo):
+    """The table travels (attached to a message, opened after a cluster run): no machine's paths."""
+    text = (tiny_demo.run_dir / "evaluate" / "results.md").read_text()
+    best = tiny_demo.artifacts["blackbox best checkpoint"].name
+    assert f"blackbox_ckpt=../blackbox/checkpoints/{best}" in text
+    assert str(tiny_demo.run_dir.parent) not in text
+
+
+class OnePrototype:
+    """A network of one class with one prototype, projected onto push row 0 with known boxes."""
+
+    num_classes, prototypes_per_class = 1, 1
+
+    def nearest_patch(self, label: int, i: int) -> dict:
+        return {"row": 0, "rf_box": (0, 32, 0, 32), "high_activation_box": (8, 16, 8, 20)}
+
+
+def test_prototype_grid_frames_the_receptive_field_and_the_high_activation_box(tmp_path):
+    push_set = SimpleNamespace(by_row=lambda row: {"image": torch.zeros(3, 32, 32)})
+    datamodule = SimpleNamespace(
+        push_set=push_set,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        records=SimpleNamespace(class_names=["only"]),
+    )
+    path = draw_prototype_grid(OnePrototype(), datamodule, tmp_path / "grid.png", tile=32)
+    grid = np.asarray(Image.open(path))
+    top = 14 + 14  # the legend line, then the class's name line
+    assert tuple(grid[top + 24, 0]) == RF_COLOUR  # left edge of the whole-image receptive field
+    assert tuple(grid[top + 12, 8]) == HIGH_COLOUR  # left edge of the high-activation box
+    assert tuple(grid[top + 12, 19]) == HIGH_COLOUR  # right edge (x1 = 20, end-exclusive)
+    assert tuple(grid[top + 12, 14]) == (0, 0, 0)  # inside: the image itself

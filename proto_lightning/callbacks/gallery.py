@@ -60,7 +60,8 @@ class PrototypeGalleryCallback(L.Callback):
             y = row * (t + 14)
             image = to_uint8(sample["image"], datamodule.mean, datamodule.std)
             name = datamodule.records.class_names[explanation.label]
-            draw.text((2, y), f"pred {name[:30]} (true {sample['label']})", fill="black")
+            true = datamodule.records.class_names[int(sample["label"])]
+            draw.text((2, y), f"predicted {name[:24]}, true {true[:24]}", fill="black")
             grid.paste(self._tile(image), (0, y + 14))
             for col in range(k):
                 heat = overlay(image, explanation.upsampled[col].numpy())

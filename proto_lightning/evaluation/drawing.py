@@ -43,20 +43,36 @@ def nearest_patch_image(
     return image, tuple(int(v) for v in box)
 
 
+RF_COLOUR, HIGH_COLOUR = (
+    (0, 200, 255),
+    (255, 255, 0),
+)  # cyan: receptive field; yellow: high activation
+
+
 def draw_prototype_grid(model: PrototypeNetwork, datamodule, path: Path, tile: int = 96) -> Path:
-    """One row per class, per prototype: its nearest push image with the high-activation box, and the crop."""
+    """One row per class, per prototype: the push image it was projected onto, framed by the patch's
+    receptive field (cyan) and its high-activation box (yellow), and the high-activation crop."""
     C, k = model.num_classes, model.prototypes_per_class
-    grid = Image.new("RGB", (2 * k * tile, C * (tile + 14)), "white")
+    grid = Image.new("RGB", (2 * k * tile, 14 + C * (tile + 14)), "white")
     draw = ImageDraw.Draw(grid)
+    draw.text(
+        (2, 0),
+        "cyan: receptive field of the patch; yellow: high-activation box, cropped right",
+        fill="black",
+    )
     for c in range(C):
-        y = c * (tile + 14)
+        y = 14 + c * (tile + 14)
         draw.text((2, y), datamodule.records.class_names[c][:40], fill="black")
         for i in range(k):
             image, (y0, y1, x0, x1) = nearest_patch_image(model, datamodule, c, i)
             framed = Image.fromarray(image)
-            ImageDraw.Draw(framed).rectangle(
-                [x0, y0, x1 - 1, y1 - 1], outline=(255, 255, 0), width=2
-            )
+            rf = model.nearest_patch(c, i).get("rf_box")
+            if rf is not None:
+                ry0, ry1, rx0, rx1 = rf
+                ImageDraw.Draw(framed).rectangle(
+                    [rx0, ry0, rx1 - 1, ry1 - 1], outline=RF_COLOUR, width=2
+                )
+            ImageDraw.Draw(framed).rectangle([x0, y0, x1 - 1, y1 - 1], outline=HIGH_COLOUR, width=2)
             grid.paste(framed.resize((tile, tile)), (2 * i * tile, y + 14))
             grid.paste(
                 Image.fromarray(image[y0:y1, x0:x1]).resize((tile, tile)),

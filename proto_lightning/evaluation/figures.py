@@ -31,11 +31,13 @@ def _box(ax, box: tuple[int, int, int, int], colour: str) -> None:
     ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=colour, lw=2))
 
 
-def _show(ax, image: np.ndarray, heatmap: np.ndarray | None = None, title: str = "") -> None:
+def _show(
+    ax, image: np.ndarray, heatmap: np.ndarray | None = None, title: str = "", size: float = 7
+) -> None:
     ax.imshow(image)
     if heatmap is not None:
         ax.imshow(heatmap, cmap="jet", alpha=0.45)
-    ax.set_title(title, fontsize=7)
+    ax.set_title(title, fontsize=size)
     ax.axis("off")
 
 
@@ -46,16 +48,24 @@ def explanation_figure(
     heatmaps: dict[str, np.ndarray],
     protopnet: list[PrototypeTerm],
     posthoc: list[PrototypeTerm],
+    explained: dict[str, str],
 ) -> Path:
-    """One PNG: the input and each heatmap method (row 1), ProtoPNet's top prototypes' boxes and
-    nearest patches (row 2), the post-hoc PPN's top prototypes' heatmaps and nearest patches (row 3)."""
+    """One PNG: the input and each heatmap method with the class it explains (`explained`, by
+    method name) and a colour bar (row 1), ProtoPNet's top prototypes' boxes and nearest patches
+    (row 2), the post-hoc PPN's top prototypes' heatmaps and nearest patches (row 3), and a legend."""
     columns = max(1 + len(heatmaps), 2 * max(len(protopnet), len(posthoc), 1))
-    fig, axes = plt.subplots(3, columns, figsize=(1.6 * columns, 5.2), squeeze=False)
+    fig, axes = plt.subplots(3, columns, figsize=(1.6 * columns, 5.6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     _show(axes[0, 0], image, title="input")
     for col, (name, heatmap) in enumerate(heatmaps.items(), start=1):
-        _show(axes[0, col], image, heatmap, name)
+        _show(axes[0, col], image, heatmap, f"{name}\nexplains\n{explained[name][:22]}", 6)
+    if heatmaps:
+        bar = fig.colorbar(
+            plt.cm.ScalarMappable(cmap="jet"), ax=list(axes[0]), fraction=0.02, ticks=[0, 1]
+        )
+        bar.ax.set_yticklabels(["low", "high"], fontsize=6)
+        bar.set_label("evidence (each map\nscaled to its range)", fontsize=6)
     for row, (name, terms) in enumerate((("ProtoPNet", protopnet), ("post-hoc PPN", posthoc)), 1):
         for i, term in enumerate(terms):
             ax = axes[row, 2 * i]
@@ -65,7 +75,15 @@ def explanation_figure(
             if term.patch is not None:
                 _show(axes[row, 2 * i + 1], term.patch, title="looks like")
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+    fig.text(
+        0.01,
+        0.005,
+        "pJ: +X to logit = prototype J adds X to the explained class's logit (ProtoPNet: its weight x "
+        "max similarity; post-hoc PPN: mean f.p~). Yellow box: where ProtoPNet's prototype activates "
+        "most. 'looks like': the training patch the prototype was projected onto.",
+        fontsize=5.5,
+        wrap=True,
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

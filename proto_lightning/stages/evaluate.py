@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, is_dataclass
 from functools import partial
@@ -97,7 +98,7 @@ def protopnet_terms(
                 explainer.model, datamodule, j // k, j % k
             )
             patch = pushed[y0:y1, x0:x1]
-        out.append(PrototypeTerm(None, box, patch, f"p{j} {float(terms[j]):+.2f}"))
+        out.append(PrototypeTerm(None, box, patch, f"p{j}: {float(terms[j]):+.2f} to logit"))
     return out
 
 
@@ -114,7 +115,7 @@ def posthoc_terms(
         if explainer.model.projection is not None:
             pushed, (y0, y1, x0, x1) = nearest_patch_image(explainer.model, datamodule, label, i)
             patch = pushed[y0:y1, x0:x1]
-        caption = f"p{i} {float(explanation.contributions[rank]):+.2f}"
+        caption = f"p{i}: {float(explanation.contributions[rank]):+.2f} to logit"
         out.append(PrototypeTerm(explanation.upsampled[rank].numpy(), None, patch, caption))
     return out
 
@@ -278,12 +279,19 @@ def prototype_scores(
     return {**values, **scores}
 
 
-def table_notes(cfg: DictConfig, datamodule, data: TestImages, models: Models) -> list[str]:
-    """What results.md says under the table: images, protocols, settings, paths."""
+def table_notes(
+    cfg: DictConfig, datamodule, data: TestImages, models: Models, run_dir: Path
+) -> list[str]:
+    """What results.md says under the table: images, protocols, settings, and the paths relative to
+    the run folder (the table is read on other machines)."""
     settings = cfg.evaluation
+
+    def here(path: Path | str) -> str:
+        return os.path.relpath(Path(path).resolve(), run_dir.resolve())
+
     half_size = region_half_size(datamodule.image_size, settings.parts.half_size)
     return [
-        f"{len(data.labels)} test images ({datamodule.root}); deletion/insertion, heatmaps and explanation time on a "
+        f"{len(data.labels)} test images ({here(datamodule.root)}); deletion/insertion, heatmaps and explanation time on a "
         f"seeded subset of {len(data.subset)}; seed {cfg.seed}; 95% percentile bootstrap intervals over images "
         f"({settings.bootstrap.resamples} resamples).",
         f"Deletion/insertion (Petsiuk et al. 2018): {settings.faithfulness.steps} steps, substrates "
@@ -298,7 +306,7 @@ def table_notes(cfg: DictConfig, datamodule, data: TestImages, models: Models) -
             else "Consistency/stability: not applicable (no part keypoints in this dataset)."
         ),
         "n/a: the metric does not apply to the method. Paths: "
-        + ", ".join(f"{k}={v}" for k, v in models.paths.items()),
+        + ", ".join(f"{k}={here(v)}" for k, v in models.paths.items()),
     ]
 
 
@@ -316,7 +324,7 @@ def report(
     logger = build(cfg.logger)
     logger.log_hyperparams(resolved_container(cfg))
     results_csv = write_csv(rows, run_dir / "results.csv")
-    notes = table_notes(cfg, datamodule, data, models)
+    notes = table_notes(cfg, datamodule, data, models, run_dir)
     results_md = write_markdown(rows, run_dir / "results.md", notes)
     figures = write_figures(
         run_dir / "figures",
@@ -432,9 +440,21 @@ def write_figures(
         )
         post = posthoc_terms(posthoc, image, blackbox_pred[n], datamodule, top) if posthoc else []
         shown = {explainers[k].name: h[n].numpy() for k, h in heatmaps.items()}
+        explained = {  # RISE's rule: each method explains its model's predicted class
+            explainers[k].name: names_of[
+                protopnet_pred[n] if k == "protopnet" else blackbox_pred[n]
+            ]
+            for k in heatmaps
+        }
         paths.append(
             explanation_figure(
-                folder / f"image_{int(subset[n]):05d}.png", picture, title, shown, own, post
+                folder / f"image_{int(subset[n]):05d}.png",
+                picture,
+                title,
+                shown,
+                own,
+                post,
+                explained,
             )
         )
     for key, model in (("posthoc", models.posthoc), ("protopnet", models.protopnet)):
