@@ -102,3 +102,22 @@ def test_substrates():
     assert substrate(images, "blur").std() < images.std()  # smoothed
     with pytest.raises(ValueError, match="unknown substrate"):
         substrate(images, "noise")
+
+
+def test_curves_report_their_progress_once_per_forward_pass():
+    """`on_batch` hears every perturbed image once: B images x (steps + 1) points, in batches."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    images, heatmaps = torch.rand(3, 3, 8, 8), torch.rand(3, 8, 8)
+    told: list[int] = []
+    causal_curves(
+        model,
+        images,
+        heatmaps,
+        torch.zeros(3, dtype=torch.long),
+        "deletion",
+        steps=4,
+        batch_size=4,
+        on_batch=told.append,
+    )
+    points = len(step_counts(64, 4))
+    assert sum(told) == 3 * points and max(told) <= 4

@@ -11,7 +11,7 @@ import torch
 
 from proto_lightning.evaluation.progress import Progress
 from proto_lightning.explainers.base import Explainer, PrototypeExplainer
-from proto_lightning.metrics.faithfulness import area_under_curve, causal_curves
+from proto_lightning.metrics.faithfulness import area_under_curve, causal_curves, step_counts
 from proto_lightning.metrics.part_consistency import covered_parts, perturb, visible_parts
 
 
@@ -74,6 +74,11 @@ def faithfulness(
 ) -> Faithfulness:
     """Deletion (`deletion_substrate`) and insertion (`insertion_substrate`) curves on the explained classifier."""
     heatmaps = heatmaps.to(images.device)
+    T = len(step_counts(images.shape[-2] * images.shape[-1], settings["steps"]))
+    progress = {
+        mode: Progress(f"{explainer.name} {mode}", len(images) * T, unit="perturbed images")
+        for mode in ("deletion", "insertion")
+    }
     curves = {
         mode: causal_curves(
             explainer.classifier,
@@ -84,6 +89,7 @@ def faithfulness(
             steps=settings["steps"],
             substrate_kind=settings[f"{mode}_substrate"],
             batch_size=settings["batch_size"],
+            on_batch=progress[mode].advance,
         ).cpu()
         for mode in ("deletion", "insertion")
     }

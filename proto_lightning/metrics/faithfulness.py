@@ -75,8 +75,12 @@ def causal_curves(
     steps: int = 100,
     substrate_kind: str = "zero",
     batch_size: int = 256,
+    on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Deletion or insertion curves (B, n + 1) of images (B, 3, H, W) under heatmaps (B, H, W), batched over images and steps."""
+    """Deletion or insertion curves (B, n + 1) of images (B, 3, H, W) under heatmaps (B, H, W), batched over images and steps.
+
+    `on_batch(n)` is told after every forward pass how many perturbed images it ran (progress).
+    """
     B, _, H, W = images.shape
     start, finish = _endpoints(images, mode, substrate_kind)
     ranks = pixel_ranks(heatmaps)  # (B, HW)
@@ -90,6 +94,8 @@ def causal_curves(
         perturbed = torch.where(replaced, finish[image], start[image])  # (b, 3, H, W)
         probabilities = model(perturbed).softmax(dim=1)  # (b, C)
         scores[pair] = probabilities.gather(1, targets[image, None]).squeeze(1)
+        if on_batch is not None:
+            on_batch(len(pair))
     return scores.view(B, T)
 
 
