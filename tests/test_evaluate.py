@@ -16,7 +16,7 @@ from proto_lightning.errors import IncompatibleWeightsError, MissingArtifactErro
 from proto_lightning.evaluation.drawing import HIGH_COLOUR, RF_COLOUR, draw_prototype_grid
 from proto_lightning.evaluation.table import METRICS
 from proto_lightning.models import BlackBoxClassifier
-from proto_lightning.stages.evaluate import run_evaluate
+from proto_lightning.stages.evaluate import metric_names, run_evaluate
 from tests.helpers import TINY_DEMO
 
 SMALL = [o for o in TINY_DEMO if o.startswith("evaluation.")]
@@ -126,3 +126,8 @@ def test_prototype_grid_frames_the_receptive_field_and_the_high_activation_box(t
     assert tuple(grid[top + 12, 8]) == HIGH_COLOUR  # left edge of the high-activation box
     assert tuple(grid[top + 12, 19]) == HIGH_COLOUR  # right edge (x1 = 20, end-exclusive)
     assert tuple(grid[top + 12, 14]) == (0, 0, 0)  # inside: the image itself
+
+
+def test_the_declared_metric_names_cover_what_evaluate_reports(tiny_demo):
+    reported = {k.removeprefix("evaluate ") for k in tiny_demo.metrics if k.startswith("evaluate ")}
+    assert reported and reported <= metric_names(["posthoc", "protopnet", "gradcam", "lime"])

@@ -13,7 +13,7 @@ from proto_lightning.data import CUB200DataModule
 from proto_lightning.models import BlackBoxClassifier
 from proto_lightning.models.posthoc import IncompatibleArtifactError, PostHocPrototypeNetwork
 from proto_lightning.stages.blackbox import run_blackbox
-from proto_lightning.stages.decompose import run_decompose
+from proto_lightning.stages.decompose import reported_metrics, run_decompose
 from tests.helpers import stage_cfg
 
 
@@ -200,3 +200,10 @@ def test_a_killed_writes_temporary_is_removed_and_modes_follow_the_umask(decompo
         os.umask(old)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc123.tmp", "posthoc.pt"]
     assert (tmp_path / "posthoc.pt").stat().st_mode & 0o777 == 0o644
+
+
+def test_the_declared_metric_names_cover_what_decompose_reports(decomposed, parts_root, tmp_path):
+    """`objective=` is checked against `reported_metrics` before a run: it must name them all."""
+    _, result = decomposed
+    cfg = stage_cfg("decompose", parts_root, tmp_path, "blackbox_ckpt=x.ckpt")
+    assert set(result.metrics) <= reported_metrics(cfg)
