@@ -53,12 +53,12 @@ def spy_on_receptive_field(monkeypatch) -> list:
 def test_decompose_and_protopnet_push_probe_on_their_networks_device(
     monkeypatch, stage_config, tiny_demo, parts_root, tmp_path
 ):
-    seen = spy_on_receptive_field(monkeypatch)
+    seen = spy_on_receptive_field(monkeypatch)  # one spy for both networks
     best = tiny_demo.artifacts["blackbox best checkpoint"]
     decompose_module.run_decompose(stage_config("decompose", f"blackbox_ckpt={best}"))
     assert seen == [torch.device("cpu")]  # the device the stage moved the network to
 
-    seen = spy_on_receptive_field(monkeypatch)
+    seen.clear()
     model = ProtoPNet.load_checkpoint(tiny_demo.artifacts["protopnet last checkpoint"])
     cfg = compose_config("protopnet", fast_overrides(parts_root, tmp_path))
     datamodule = instantiate(cfg.data)

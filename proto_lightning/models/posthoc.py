@@ -20,6 +20,7 @@ from proto_lightning.atomic import atomic_write_bytes
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.blackbox import BlackBoxClassifier, BlackBoxNet
 from proto_lightning.models.files import plain_data, read_torch_file, require_kind
+from proto_lightning.prototypes.decomposition import relative_head_error
 from proto_lightning.prototypes.network import (
     PrototypeExplanation,
     nearest_patch,
@@ -80,8 +81,7 @@ class PostHocPrototypeNetwork(L.LightningModule):
 
     def relative_head_error(self, dtype: torch.dtype = torch.float64) -> float:
         """||V - V~||_F / ||V||_F, V the black box's head and V~_c = sum_i p~_i, computed in `dtype`."""
-        V = self.blackbox.head.weight.detach().to(dtype)  # (C, D)
-        return float((V - self.prototypes.to(dtype).sum(1)).norm() / V.norm())
+        return relative_head_error(self.blackbox.head.weight, self.prototypes, dtype)
 
     def train(self, mode: bool = True) -> PostHocPrototypeNetwork:
         """The black box stays in eval mode (BatchNorm statistics frozen) whatever Lightning asks."""

@@ -59,8 +59,15 @@ class HeadDecomposition:
 
     def relative_head_error(self, V: torch.Tensor) -> float:
         """||V - V~||_F / ||V||_F with V~_c = sum_i p~_i."""
-        V = V.double()
-        return float((V - self.prototypes.double().sum(1)).norm() / V.norm())
+        return relative_head_error(V, self.prototypes)
+
+
+def relative_head_error(
+    V: torch.Tensor, prototypes: torch.Tensor, dtype: torch.dtype = torch.float64
+) -> float:
+    """||V - V~||_F / ||V||_F for a head V (C, D) and prototypes (C, k, D), V~_c = sum_i p~_i, in `dtype`."""
+    V = V.detach().to(dtype)
+    return float((V - prototypes.detach().to(dtype).sum(1)).norm() / V.norm())
 
 
 def least_squares_alpha(P: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
