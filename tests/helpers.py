@@ -78,3 +78,14 @@ class RaiseAtEpoch(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             raise KilledRun(f"killed at the start of epoch {self.epoch}")
+
+
+def assert_drawn(path: Path, min_side: int = 32) -> None:
+    """`path` decodes as a PNG picture of at least `min_side` pixels a side with more than one colour."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG", path
+        pixels = image.convert("RGB")
+        assert min(pixels.size) >= min_side, (path, pixels.size)
+        assert len(pixels.getcolors(maxcolors=1 << 24)) > 1, f"{path} is one flat colour"

@@ -6,25 +6,36 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hydra.utils import instantiate
 
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models import BlackBoxClassifier
+from proto_lightning.models.posthoc import PostHocPrototypeNetwork
 from proto_lightning.stages.blackbox import run_blackbox, run_test
-from tests.helpers import KilledRun
+from tests.helpers import KilledRun, assert_drawn
 
 
 def test_tiny_fit_writes_checkpoints_config_and_test_accuracy(stage_config):
-    cfg = stage_config("blackbox", "trainer.max_epochs=2")
+    cfg = stage_config("blackbox", "trainer.max_epochs=3")
     result = run_blackbox(cfg)
     ckpts = result.artifacts["checkpoints"]
-    assert (ckpts / "last.ckpt").is_file()
-    assert result.artifacts["best checkpoint"].is_file()
-    assert 0.0 <= result.metrics["test/acc"] <= 1.0
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 2
+    # the best checkpoint is the epoch of highest val/acc in the CSV log (the first, on a tie)
+    with (result.run_dir / "logs" / "metrics.csv").open() as f:
+        val = [(float(r["val/acc"]), int(r["epoch"])) for r in csv.DictReader(f) if r["val/acc"]]
+    best_epoch = max(val, key=lambda v: (v[0], -v[1]))[1]
+    best = result.artifacts["best checkpoint"]
+    assert torch.load(best, weights_only=True)["epoch"] == best_epoch
+    # test/acc is the best checkpoint's accuracy, recomputed by a plain loop over the test split
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("test")
+    net = BlackBoxClassifier.load_checkpoint(best).net.eval()
+    with torch.no_grad():
+        correct = [int(net(s["image"][None]).argmax()) == s["label"] for s in datamodule.test_set]
+    assert result.metrics["test/acc"] == pytest.approx(sum(correct) / len(correct))
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
-    assert saved["model"]["num_classes"] == 4 and saved["trainer"]["max_epochs"] == 2
+    assert saved["model"]["num_classes"] == 4 and saved["trainer"]["max_epochs"] == 3
     assert "${" not in (result.run_dir / "config.yaml").read_text()  # resolved
-    assert (result.run_dir / "logs" / "metrics.csv").is_file()  # csv logger
-    assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 1
 
 
 def test_resume_continues_the_epoch_count(stage_config, tmp_path: Path):
@@ -129,14 +140,23 @@ def test_wandb_logger_runs_offline(stage_config):
 
 def test_demo_chains_the_stages(tiny_demo):
     result = tiny_demo
-    assert (result.run_dir / "blackbox" / "checkpoints" / "last.ckpt").is_file()
+    last = torch.load(result.run_dir / "blackbox" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 0  # trainer.max_epochs=1
     assert result.artifacts["decompose artifact"] == result.run_dir / "decompose" / "posthoc.pt"
-    assert result.artifacts["decompose artifact"].is_file()
-    assert (result.run_dir / "decompose" / "gallery" / "prototypes.png").is_file()
+    posthoc = PostHocPrototypeNetwork.load(result.artifacts["decompose artifact"])
+    assert tuple(posthoc.prototypes.shape[:2]) == (4, 3)  # 4 classes, k = 3
     assert result.metrics["decompose test/agreement"] == 1.0
     assert result.metrics["blackbox test/acc"] == result.metrics["decompose test/acc"]
-    assert (
-        result.run_dir / "protopnet" / "gallery" / "prototypes.png"
-    ).is_file()  # pushed at the end
-    assert "protopnet test/acc" in result.metrics
-    assert (result.run_dir / "evaluate" / "results.md").is_file()
+    assert_drawn(result.run_dir / "decompose" / "gallery" / "prototypes.png")
+    assert_drawn(result.run_dir / "protopnet" / "gallery" / "prototypes.png")  # pushed at the end
+    table = (result.run_dir / "evaluate" / "results.md").read_text().splitlines()  # 3 decimals
+    rows = [line.split(" | ")[0].lstrip("| ") for line in table if line.startswith("| ")][1:]
+    assert rows == ["black box", "Post-hoc PPN", "ProtoPNet", "Grad-CAM", "LIME"]
+    accuracy = next(line for line in table if line.startswith("| black box |")).split(" | ")[1]
+    assert float(accuracy.split(" ")[0]) == pytest.approx(
+        result.metrics["blackbox test/acc"], abs=6e-4
+    )
+    protopnet = next(line for line in table if line.startswith("| ProtoPNet |")).split(" | ")[1]
+    assert float(protopnet.split(" ")[0]) == pytest.approx(
+        result.metrics["protopnet test/acc"], abs=6e-4
+    )

@@ -1,7 +1,8 @@
-"""Bootstrap intervals: degenerate data, normal-theory width, a statistic over resampled images."""
+"""Bootstrap intervals: degenerate data, normal-theory width, an interval known exactly."""
 
 import numpy as np
 import pytest
+from scipy.stats import binom
 
 from proto_lightning.metrics.bootstrap import bootstrap_estimate, mean_estimate
 
@@ -20,7 +21,14 @@ def test_interval_of_a_mean_matches_normal_theory():
     assert (e.high - e.low) / 2 == pytest.approx(half_width, rel=0.15)
 
 
-def test_any_statistic_of_image_indices():
-    labels = np.array([0, 0, 1, 1, 1, 1])
-    e = bootstrap_estimate(lambda idx: float((labels[idx] == 1).mean()), len(labels), resamples=200)
-    assert e.value == pytest.approx(4 / 6) and 0.0 <= e.low <= e.value <= e.high <= 1.0
+def test_interval_is_the_exact_percentile_interval_of_a_resampled_share():
+    """4 of 27 images hit: a resample's share is Binomial(27, 4/27) / 27, so the 95% percentile
+    interval is its 2.5% and 97.5% quantiles, 1/27 and 8/27 (90% would give 7/27 above, 97.5%
+    0/27 below and 9/27 above; an interval mirrored about the estimate, 0/27 and 7/27)."""
+    hits = np.zeros(27)
+    hits[:4] = 1.0
+    low, high = (binom.ppf(q, 27, 4 / 27) / 27 for q in (0.025, 0.975))
+    assert (low, high) == (1 / 27, 8 / 27)  # the reference, from scipy's binomial quantiles
+    e = bootstrap_estimate(lambda idx: float(hits[idx].mean()), 27, resamples=20000, seed=3)
+    assert (e.value, e.low, e.high) == pytest.approx((4 / 27, low, high), abs=1e-12)
+    assert mean_estimate(hits, resamples=20000) == e.__class__(4 / 27, low, high)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from proto_lightning.cli import STAGES, main
 from proto_lightning.config import compose_config, validate_overrides
@@ -107,8 +108,11 @@ def test_cli_runs_a_stage_and_prints_where_things_are(parts_root: Path, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"run folder: {tmp_path / 'run'}" in done.stdout
     assert "best checkpoint:" in done.stdout and "test/acc" in done.stdout
-    assert (tmp_path / "run" / "config.yaml").is_file()
-    assert (tmp_path / "run" / ".hydra" / "overrides.yaml").is_file()
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"]["image_size"] == 48 and saved["trainer"]["max_epochs"] == 1
+    overrides = yaml.safe_load((tmp_path / "run" / ".hydra" / "overrides.yaml").read_text())
+    typed = [o for o in fast_overrides(parts_root, tmp_path / "run") if not o.startswith("hydra.")]
+    assert overrides[: len(typed)] == typed  # what the user typed, Hydra's own settings aside
 
 
 def test_make_dataset_tool(tmp_path: Path):

@@ -11,6 +11,18 @@ from torch.utils.data import DataLoader
 
 from proto_lightning.config import CONF_DIR, compose_config
 
+
+class HeadBeforeStep(L.Callback):
+    """The head's weight, gradient and learning rate just before the optimizer step."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        head = pl_module.net.head.weight
+        self.weight, self.grad = head.detach().clone(), head.grad.detach().clone()
+        self.lr = next(
+            g["lr"] for g in optimizer.param_groups if any(p is head for p in g["params"])
+        )
+
+
 PAPER = sorted(
     p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml") if p.stem != "quickstart"
 )
@@ -49,7 +61,7 @@ def test_experiment_composes_and_takes_one_step(experiment: str):
         for _ in range(2)
     ]
     loader = DataLoader(stand_in, batch_size=2)
-    before = model.net.head.weight.detach().clone()
+    spy = HeadBeforeStep()
     trainer = L.Trainer(
         accelerator="cpu",
         fast_dev_run=1,  # one training step and one validation step
@@ -57,6 +69,13 @@ def test_experiment_composes_and_takes_one_step(experiment: str):
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[spy],
     )
     trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
-    assert not torch.equal(before, model.net.head.weight)
+    # AdamW's first step, by hand: m^ = g, v^ = g^2, so w <- w (1 - lr wd) - lr g / (|g| + eps)
+    optimizer = cfg.model.optimizer
+    assert optimizer.name == "adamw" and cfg.model.scheduler.warmup_epochs == 0
+    assert spy.lr == optimizer.lr  # the head's group, no warm-up
+    w, g = spy.weight, spy.grad
+    expected = w * (1 - optimizer.lr * optimizer.weight_decay) - optimizer.lr * g / (g.abs() + 1e-8)
+    assert torch.allclose(model.net.head.weight, expected, atol=1e-7)

@@ -4,12 +4,10 @@ import torch
 import torch.nn.functional as F
 
 from proto_lightning.explainers import (
-    Explainer,
     GradCAMExplainer,
     LimeExplainer,
     PostHocExplainer,
     ProtoPNetExplainer,
-    PrototypeExplainer,
 )
 from proto_lightning.models import BlackBoxNet, ProtoPNet
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
@@ -99,14 +97,15 @@ def test_lime_weights_the_superpixels_the_model_reads():
     assert torch.equal(heatmap, again)  # seeded
 
 
-def test_every_method_answers_the_interface():
+def test_every_method_gives_one_heatmap_per_image_at_the_input_size():
+    """The interface evaluation relies on: (B, 3, H, W) images -> (B, H, W) heatmaps, also when H != W."""
     net = blackbox()
     model = ProtoPNet({"name": "small_cnn"}, num_classes=3, prototypes_per_class=2, prototype_dim=8)
+    images, targets = torch.randn(2, 3, 40, 24), torch.tensor([0, 2])
     for explainer in (
         GradCAMExplainer(net),
-        LimeExplainer(net, samples=10),
+        LimeExplainer(net, samples=10, segments=6),
         ProtoPNetExplainer(model),
     ):
-        assert isinstance(explainer, Explainer)
-    assert isinstance(ProtoPNetExplainer(model), PrototypeExplainer)
-    assert not isinstance(GradCAMExplainer(net), PrototypeExplainer)
+        heatmaps = explainer.explain(images, targets)
+        assert heatmaps.shape == (2, 40, 24) and torch.isfinite(heatmaps).all(), explainer.name

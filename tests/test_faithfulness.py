@@ -1,9 +1,11 @@
-"""Deletion / insertion (Petsiuk et al. 2018): a curve worked by hand, a known-answer heatmap, batched == loop."""
+"""Deletion / insertion (Petsiuk et al. 2018): a curve worked by hand, a known-answer heatmap, batched == an independent RISE loop."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from proto_lightning.metrics.faithfulness import (
@@ -75,9 +77,33 @@ def test_heatmap_on_the_used_pixels_beats_its_reverse(insertion_substrate):
     ).all()
 
 
+def rise_reference(model, image, heatmap, target: int, mode: str, steps: int, kind: str):
+    """RISE's CausalMetric loop (eclique/RISE, evaluation.py) written from the paper, in numpy and
+    scipy, sharing nothing with the code under test: s = ceil(HW / steps) pixels per step, in
+    descending heatmap order (ties in raster order), one forward pass per step."""
+    x = image.double().numpy()  # (3, H, W)
+    if kind == "zero":
+        base = np.zeros_like(x)
+    elif kind == "mean":
+        base = np.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape)
+    else:  # 11 taps, sigma 5: radius 5 = truncate 1.0 x sigma; torch's "reflect" is scipy's "mirror"
+        base = gaussian_filter(x, sigma=(0, 5, 5), truncate=1.0, mode="mirror")
+    start, finish = (x, base) if mode == "deletion" else (base, x)
+    current, finish = start.reshape(3, -1).copy(), finish.reshape(3, -1)
+    per_step = -(-x[0].size // steps)
+    order = np.argsort(-heatmap.double().numpy().ravel(), kind="stable")
+    scores = []
+    for t in range(-(-x[0].size // per_step) + 1):
+        image_now = torch.from_numpy(current.reshape(x.shape)).float()[None]
+        scores.append(float(model(image_now).softmax(dim=1)[0, target]))
+        chosen = order[t * per_step : (t + 1) * per_step]
+        current[:, chosen] = finish[:, chosen]
+    return torch.tensor(scores)
+
+
 @pytest.mark.parametrize("mode", ["deletion", "insertion"])
 @pytest.mark.parametrize("kind", ["zero", "blur", "mean"])
-def test_batched_curves_equal_the_reference_loop(mode, kind):
+def test_batched_curves_equal_an_independent_rise_loop(mode, kind):
     torch.manual_seed(1)
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1),
@@ -87,19 +113,30 @@ def test_batched_curves_equal_the_reference_loop(mode, kind):
         nn.Linear(4, 5),
     ).eval()
     images, heatmaps = torch.randn(3, 3, 12, 12), torch.rand(3, 12, 12)
-    heatmaps[0, :4] = 0.5  # ties: both keep raster order
+    heatmaps[0, :4] = 0.5  # ties: raster order
     targets = torch.tensor([0, 3, 4])
     batched = causal_curves(model, images, heatmaps, targets, mode, 20, kind, batch_size=7)
-    for b in range(3):
-        loop = causal_curve_loop(model, images[b], heatmaps[b], int(targets[b]), mode, 20, kind)
-        assert torch.allclose(batched[b], loop, atol=1e-6)
+    with torch.no_grad():
+        for b in range(3):
+            reference = rise_reference(
+                model, images[b], heatmaps[b], int(targets[b]), mode, 20, kind
+            )
+            # ceil(144 / 20) = 8 pixels a step, ceil(144 / 8) = 18 steps: 19 points
+            assert batched.shape[1] == len(reference) == 19
+            assert torch.allclose(batched[b], reference, atol=1e-5)
+            # the benchmarks' one-image loop is the same curve
+            loop = causal_curve_loop(model, images[b], heatmaps[b], int(targets[b]), mode, 20, kind)
+            assert torch.allclose(loop, reference, atol=1e-5)
 
 
-def test_substrates():
+def test_substrates_are_the_rise_ones():
     images = torch.rand(2, 3, 20, 20)
     assert substrate(images, "zero").abs().sum() == 0
     assert torch.allclose(substrate(images, "mean")[:, :, 5, 7], images.mean(dim=(2, 3)))
-    assert substrate(images, "blur").std() < images.std()  # smoothed
+    blurred = gaussian_filter(
+        images.double().numpy(), sigma=(0, 0, 5, 5), truncate=1.0, mode="mirror"
+    )
+    assert np.allclose(substrate(images, "blur").numpy(), blurred, atol=1e-5)  # 11 taps, sigma 5
     with pytest.raises(ValueError, match="unknown substrate"):
         substrate(images, "noise")
 

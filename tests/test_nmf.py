@@ -1,9 +1,13 @@
 """Batched HALS NMF: objective against scikit-learn with the same init, determinism, padding invariance."""
 
+import math
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from sklearn.decomposition import NMF
+from sklearn.exceptions import ConvergenceWarning
 
 from proto_lightning.prototypes.nmf import nmf, objective, random_init
 
@@ -51,3 +55,49 @@ def test_zero_padding_changes_nothing():
 def test_negative_features_are_refused():
     with pytest.raises(ValueError, match="non-negative"):
         nmf(-torch.ones(1, 4, 4), 2)
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+def test_early_iterations_follow_sklearn_coordinate_descent_exactly(iterations):
+    """HALS updates P (all k rows), then E; scikit-learn's cd solver updates W, then H. Fitting
+    F^T = P^T E^T with W = P^T, H = E^T gives the same order, so from one init the two trajectories
+    coincide iteration by iteration (a wrong step size or order parts them after one sweep)."""
+    torch.manual_seed(3)
+    F = torch.relu(torch.randn(1, 60, 12)).double()
+    E0, P0 = random_init(F, 3, seed=1)
+    ours = nmf(F, 3, max_iter=iterations, tol=0.0, init=(E0, P0))
+    reference = NMF(3, init="custom", solver="cd", max_iter=iterations, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter reached: intended
+        Pt = reference.fit_transform(
+            F[0].T.numpy(), W=P0[0].T.numpy().copy(), H=E0[0].T.numpy().copy()
+        )
+    assert np.allclose(ours.P[0].numpy(), Pt.T, rtol=1e-8, atol=1e-10)
+    assert np.allclose(ours.E[0].numpy(), reference.components_.T, rtol=1e-8, atol=1e-10)
+    assert ours.iterations == iterations
+
+
+def test_random_init_has_sklearns_scale():
+    """init="random": |N(0, 1)| sqrt(mean(F) / k), whose mean is sqrt(2 / pi) sqrt(mean(F) / k);
+    zero-padded rows of F get zero rows of E."""
+    F = torch.cat(
+        [torch.full((1, 2000, 1000), 2.0), torch.zeros(1, 500, 1000)], 1
+    )  # mean over real rows 2
+    E, P = random_init(F, 4, seed=0)  # 8000 and 4000 draws: the means within 1 % and 1.5 % (1 sd)
+    expected = math.sqrt(2 / math.pi) * math.sqrt(2.0 / 4)
+    assert E[0, :2000].mean().item() == pytest.approx(expected, rel=0.04)
+    assert P.mean().item() == pytest.approx(expected, rel=0.05)
+    assert (E[0, 2000:] == 0).all() and (E >= 0).all() and (P >= 0).all()
+
+
+def test_stops_when_the_relative_decrease_falls_below_tol():
+    """With tol = 1 the first sweep's relative decrease (below 1 for any non-negative objective) stops it."""
+    F = torch.relu(torch.randn(2, 40, 6, generator=torch.Generator().manual_seed(0)))
+    assert nmf(F, 2, tol=1.0).iterations == 1
+    result = nmf(F, 2, tol=1e-3, max_iter=500)
+    assert 1 < result.iterations < 500
+    before = nmf(F, 2, tol=0.0, max_iter=result.iterations - 1).objective
+    after = nmf(F, 2, tol=0.0, max_iter=result.iterations).objective
+    assert ((before - after) / before).max() < 1e-3  # it stopped at the first small step ...
+    earlier = nmf(F, 2, tol=0.0, max_iter=result.iterations - 2).objective
+    assert ((earlier - before) / earlier).max() >= 1e-3  # ... and not before it

@@ -1,12 +1,16 @@
 """Consistency and stability (Huang et al. 2023, EvalProtoPNet) on hand-made cases with known answers."""
 
+import pytest
 import torch
+from scipy.stats import norm
 
+from proto_lightning.config import compose_config
 from proto_lightning.evaluation.scores import part_coverage
 from proto_lightning.metrics.part_consistency import (
     consistency,
     covered_parts,
     part_frequencies,
+    perturb,
     region_half_size,
     stability,
     visible_parts,
@@ -122,3 +126,49 @@ def test_stability_is_one_without_noise_and_drops_with_noise():
 
     assert (score(0.0) == 1.0).all()
     assert score(1.0).mean() < 1.0  # noise as large as the signal moves peaks
+
+
+def test_consistency_threshold_is_the_reference_and_inclusive():
+    """A part covered on 8 of 10 images reaches the reference's 0.8 exactly (>=, consistent); on 7 of
+    10 it does not; a lower threshold (0.5) would call both consistent."""
+    labels = torch.zeros(10, dtype=torch.long)
+    visible = torch.ones(10, 1, dtype=torch.bool)
+    covered = torch.zeros(10, 2, 1, dtype=torch.bool)  # prototype 0 on 8 images, prototype 1 on 7
+    covered[:8, 0, 0] = True
+    covered[:7, 1, 0] = True
+    assert consistency(covered, visible, labels, 1).tolist() == [[True, False]]
+    configured = compose_config("evaluate", ["data.root=unused"]).evaluation.parts
+    assert configured.threshold == 0.8  # EvalProtoPNet's
+    assert consistency(covered, visible, labels, 1, configured.threshold).tolist() == [
+        [True, False]
+    ]
+
+
+def test_noise_is_the_reference_clipped_gaussian():
+    """std 0.2 clipped to +-0.25 (EvalProtoPNet): P(|0.2 z| > 0.25) = 2 (1 - Phi(1.25)) = 0.2113 of the
+    values sit exactly on the clip, and the second moment is that of the clipped normal."""
+    configured = compose_config("evaluate", ["data.root=unused"]).evaluation.parts
+    std, eps = configured.noise_std, configured.noise_clip
+    assert (std, eps) == (0.2, 0.25)
+    images = torch.full((2, 3, 64, 64), 0.5)
+    noise = perturb(images, std, eps, seeds=[0, 1]) - images
+    c = eps / std
+    on_clip = 2 * norm.sf(c)
+    # E[min(z^2, c^2)] = P(|z| < c) - 2 c phi(c) + c^2 P(|z| > c)
+    second_moment = std**2 * ((1 - on_clip) - 2 * c * norm.pdf(c) + c**2 * on_clip)
+    assert noise.abs().max().item() == pytest.approx(eps)
+    assert (noise.abs() > eps - 1e-6).float().mean().item() == pytest.approx(on_clip, abs=0.01)
+    assert (noise**2).mean().item() == pytest.approx(second_moment, rel=0.03)
+
+
+def test_noise_clipped_to_zero_leaves_every_prototype_stable():
+    """Whatever the Gaussian's spread, a clip of 0 adds nothing: stability is exactly 1."""
+    g = torch.Generator().manual_seed(4)
+    batch = {
+        "image": torch.randn(6, 3, S, S, generator=g),
+        "label": torch.arange(6) % 2,
+        "keypoints": random_keypoints(6, 4, g),
+        "row": torch.arange(6),
+    }
+    coverage = part_coverage(ConvPrototypes(), [batch], 4, 6, 50.0, 0.0, 0, torch.device("cpu"))
+    assert torch.equal(coverage.covered, coverage.covered_noisy)

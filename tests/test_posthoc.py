@@ -14,7 +14,7 @@ from proto_lightning.models import BlackBoxClassifier
 from proto_lightning.models.posthoc import IncompatibleArtifactError, PostHocPrototypeNetwork
 from proto_lightning.stages.blackbox import run_blackbox
 from proto_lightning.stages.decompose import reported_metrics, run_decompose
-from tests.helpers import stage_cfg
+from tests.helpers import assert_drawn, stage_cfg
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +56,17 @@ def test_artifact_is_complete_and_prototypes_are_projected(decomposed):
     assert (C, k) == (4, 3)
     assert (model.projection.labels == np.repeat(np.arange(C), k)).all()  # class-restricted
     assert (model.projection.rows >= 0).all()
-    for name in ("alpha", "beta", "residual_norm", "rf_boxes", "high_activation_boxes", "bases"):
-        assert name in model.extras
-    assert Path(model.metadata["blackbox_ckpt"]).is_file()
-    assert (result.run_dir / "gallery" / "prototypes.png").is_file()
-    assert (result.run_dir / "gallery" / "heatmaps.png").is_file()
+    Q = C * k
+    for name, shape in (("rf_boxes", (Q, 4)), ("high_activation_boxes", (Q, 4))):
+        boxes = torch.as_tensor(model.extras[name])  # (Q, 4): y0 < y1, x0 < x1 inside the image
+        assert tuple(boxes.shape) == shape
+        assert ((boxes[:, 0] < boxes[:, 1]) & (boxes[:, 2] < boxes[:, 3])).all()
+        assert boxes.min() >= 0 and boxes.max() <= 48
+    ckpt = Path(model.metadata["blackbox_ckpt"])
+    V = BlackBoxClassifier.load_checkpoint(ckpt).net.head.weight.double()
+    assert torch.allclose(model.prototypes.double().sum(1), V, atol=1e-5)  # the recorded black box
+    assert_drawn(result.run_dir / "gallery" / "prototypes.png")
+    assert_drawn(result.run_dir / "gallery" / "heatmaps.png")
 
 
 def test_load_in_a_fresh_process_gives_identical_logits(decomposed, tmp_path: Path):

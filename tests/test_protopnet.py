@@ -1,7 +1,9 @@
 """ProtoPNet against hand computations: distances, losses, push, the official schedule and resume."""
 
+import math
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from proto_lightning.models.protopnet import TRAINABLE, ProtoPNet, ProtoPNetNet,
 from proto_lightning.models.protopnet_losses import cluster_cost, last_layer_l1, separation_cost
 from proto_lightning.models.protopnet_schedule import ProtoPNetSchedule
 from proto_lightning.stages.protopnet import run_protopnet
-from tests.helpers import KilledRun, stage_cfg
+from tests.helpers import KilledRun, assert_drawn, stage_cfg
 
 SHORT = [
     "model.prototypes_per_class=2",
@@ -169,7 +171,7 @@ def test_push_puts_every_prototype_on_its_nearest_own_class_patch(parts_root: Pa
 
 def test_stage_logs_accuracy_around_push_and_draws_the_gallery(parts_root: Path, tmp_path: Path):
     result = run_protopnet(config(parts_root, tmp_path / "run"))
-    assert (result.run_dir / "gallery" / "prototypes.png").is_file()
+    assert_drawn(result.run_dir / "gallery" / "prototypes.png")
     assert {
         "push/test_acc_before",
         "push/test_acc_after",
@@ -289,3 +291,82 @@ def test_max_epochs_cuts_the_plan_or_is_refused_naming_the_schedule(parts_root: 
     assert state["epoch"] == 1  # epochs 0 and 1 of the SHORT plan, nothing after
     with pytest.raises(ConfigValueError, match="model.schedule.epochs"):
         run_protopnet(config(parts_root, tmp_path / "long", "trainer.max_epochs=1000"))
+
+
+def configured_protopnet(**schedule) -> ProtoPNet:
+    """The run's ProtoPNet as conf/model/protopnet.yaml builds it (2 classes, 2 prototypes each, d = 4)."""
+    from hydra.utils import instantiate
+
+    from proto_lightning.config import compose_config
+
+    cfg = compose_config(
+        "protopnet", ["model.prototypes_per_class=2", "model.prototype_dim=4", "data.root=unused"]
+    )
+    return instantiate(
+        cfg.model, num_classes=2, schedule={**cfg.model.schedule, **schedule}, _convert_="all"
+    )
+
+
+def test_total_loss_is_the_official_weighted_sum_worked_by_hand():
+    """settings.py: coefs crs_ent 1, clst 0.8, sep -0.08, l1 1e-4; max_dist = 4 x 1 x 1 here."""
+    # prototypes 0, 1 of class 0; 2, 3 of class 1
+    min_distances = torch.tensor([[1.0, 3.0, 2.0, 5.0], [6.0, 0.5, 4.0, 2.0]])
+    labels = torch.tensor([0, 1])
+    logits = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    cross_entropy = (math.log(1 + math.exp(-2.0)) + math.log(2.0)) / 2
+    cluster = (1.0 + 2.0) / 2  # nearest own-class prototype: 1 (image 0), min(4, 2) (image 1)
+    separation = (2.0 + 0.5) / 2  # nearest other-class: min(2, 5), min(6, 0.5)
+    l1 = 4 * 0.5  # four wrong-class connections at -0.5
+    expected = cross_entropy + 0.8 * cluster - 0.08 * separation + 1e-4 * l1
+    library = ProtoPNet({"name": "small_cnn"}, 2, prototypes_per_class=2, prototype_dim=4)
+    for model in (configured_protopnet(), library):  # the run's settings and the library defaults
+        terms = model.losses(logits, min_distances, labels)
+        assert terms["cluster"].item() == pytest.approx(cluster)
+        assert terms["separation"].item() == pytest.approx(separation)
+        assert terms["l1"].item() == pytest.approx(l1)
+        assert terms["loss"].item() == pytest.approx(expected, rel=1e-6)
+
+
+class PhaseRecorder(L.Callback):
+    """After every epoch: the joint optimizer's learning rates and each optimizer's Adam step count."""
+
+    def __init__(self) -> None:
+        self.joint_lrs: list[list[float]] = []
+        self.steps: list[list[int]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.joint_lrs.append([g["lr"] for g in trainer.optimizers[1].param_groups])
+        self.steps.append(
+            [max((int(s["step"]) for s in o.state.values()), default=0) for o in trainer.optimizers]
+        )
+
+
+def test_learning_rates_and_optimizers_of_each_phase_follow_the_official_loop():
+    """main.py: warm epochs step warm_optimizer; each joint epoch first calls joint_lr_scheduler.step()
+    (StepLR) then trains with joint_optimizer, so official epoch e >= warm trains at
+    lr x gamma ** ((e - warm + 1) // step_size); last-layer passes use last_layer_optimizer_lr."""
+    torch.manual_seed(0)
+    model = configured_protopnet(epochs=6, warm_epochs=2, push_start=100)
+    model.optimizer_settings["joint_lr_step_size"] = 2
+    images = [{"image": torch.randn(3, 32, 32), "label": torch.tensor(i % 2)} for i in range(4)]
+    recorder = PhaseRecorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=6,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder],
+    )
+    trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(images, batch_size=2))
+    base = [1e-4, 3e-3, 3e-3]  # features, add-on layers, prototype vectors
+    factors = [1, 1, 1, 0.1, 0.1, 0.01]  # epochs 0, 1 warm (not stepped); 2..5: (e - 1) // 2
+    for epoch, factor in enumerate(factors):
+        assert recorder.joint_lrs[epoch] == pytest.approx([lr * factor for lr in base]), epoch
+    # 2 batches per epoch: warm optimizer steps in epochs 0-1, joint in 2-5, last never
+    assert recorder.steps == [[2, 0, 0], [4, 0, 0], [4, 2, 0], [4, 4, 0], [4, 6, 0], [4, 8, 0]]
+    warm, joint, last = trainer.optimizers
+    assert [g["lr"] for g in warm.param_groups] == [3e-3, 3e-3]
+    assert [g["weight_decay"] for g in joint.param_groups] == [1e-3, 1e-3, 0.0]
+    assert [g["lr"] for g in last.param_groups] == [1e-4]

@@ -1,0 +1,69 @@
+"""Receptive-field and high-activation boxes against ProtoPNet's arithmetic worked by hand."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from proto_lightning.prototypes.boxes import high_activation_box, receptive_field_boxes
+
+
+def official_rf_box(h: int, w: int, image_size: int, j: float, r: float, start: float) -> list[int]:
+    """cfchen-duke/ProtoPNet receptive_field.py, compute_rf_protoL_at_spatial_location: a location's
+    centre is start + index * j, its box int(centre -+ r / 2), clipped to the image."""
+    y, x = start + h * j, start + w * j
+    return [
+        max(int(y - r / 2), 0),
+        min(int(y + r / 2), image_size),
+        max(int(x - r / 2), 0),
+        min(int(x + r / 2), image_size),
+    ]
+
+
+@pytest.mark.parametrize(
+    "layers, rf_info",
+    [
+        # conv 3x3 s1 p1 -> (j, r, start) = (1, 3, 0.5); avg-pool 2 s2 -> (2, 4, 1.0)
+        (lambda: [nn.Conv2d(3, 4, 3, padding=1), nn.AvgPool2d(2)], (2, 4, 1.0)),
+        # + conv 3x3 s1 p1 on the pooled map -> r = 4 + 2 x 2 = 8, start = 1.0
+        (
+            lambda: [nn.Conv2d(3, 4, 3, padding=1), nn.AvgPool2d(2), nn.Conv2d(4, 4, 3, padding=1)],
+            (2, 8, 1.0),
+        ),
+    ],
+)
+def test_measured_receptive_fields_equal_the_official_layer_arithmetic(layers, rf_info):
+    torch.manual_seed(0)
+    net = nn.Sequential(*layers())  # linear layers only: the gradient support is the whole field
+    size = 16
+    locations = np.array([(h, w) for h in range(8) for w in range(8)])
+    measured = receptive_field_boxes(net, size, locations)
+    expected = np.array([official_rf_box(h, w, size, *rf_info) for h, w in locations])
+    assert measured.tolist() == expected.tolist()
+
+
+def test_high_activation_box_keeps_the_top_five_percent():
+    """At the input size the map is not resampled. Values 0..99 row by row: the 95th percentile
+    (linear, as np.percentile) is 94.05, so pixels 95..99 remain: row 9, columns 5..9."""
+    activation = torch.arange(100.0).view(10, 10)
+    assert np.percentile(activation.numpy(), 95) == pytest.approx(94.05)
+    assert high_activation_box(activation, 10).tolist() == [9, 10, 5, 10]
+    assert high_activation_box(activation, 10, percentile=90).tolist() == [9, 10, 0, 10]
+    assert high_activation_box(activation, 10, percentile=50).tolist() == [5, 10, 0, 10]
+
+
+def test_high_activation_box_keeps_pixels_at_the_threshold():
+    """A flat block holding 6 of 25 pixels is the top 5 %: the threshold equals its value and the
+    official mask (activation >= threshold) keeps all of it."""
+    activation = torch.zeros(5, 5)
+    activation[1:3, 2:5] = 1.0
+    assert high_activation_box(activation, 5).tolist() == [1, 3, 2, 5]
+
+
+def test_high_activation_box_is_found_after_bicubic_upsampling():
+    """A one-cell peak of a 4x4 map upsampled to 32: the box is centred on the cell's 8x8 block."""
+    activation = torch.zeros(4, 4)
+    activation[1, 2] = 1.0
+    y0, y1, x0, x1 = high_activation_box(activation, 32).tolist()
+    assert (y0 + y1) / 2 == pytest.approx(12, abs=1) and (x0 + x1) / 2 == pytest.approx(20, abs=1)
+    assert 0 < y1 - y0 <= 8 and 0 < x1 - x0 <= 8
