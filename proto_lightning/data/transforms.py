@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torchvision import tv_tensors
@@ -32,6 +33,23 @@ class Augmentation:
         return cls(**checked_settings(config, defaults, "data.augment"))
 
 
+class RandomHorizontalFlip(v2.RandomHorizontalFlip):
+    """torchvision's random flip with keypoints in continuous pixel coordinates: x -> W - x.
+
+    torchvision resizes and rotates keypoints as continuous coordinates (a pixel's centre at
+    index + 0.5) but flips them as pixel indices (x -> W - 1 - x), which moves a flipped keypoint
+    one pixel off its pixel; shifting flipped keypoints by one restores the continuous convention.
+    """
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        """Flip `inpt`; a keypoint tensor also moves one pixel right (see the class docstring)."""
+        out = super().transform(inpt, params)
+        if isinstance(inpt, tv_tensors.KeyPoints):
+            shift = torch.tensor([1.0, 0.0], dtype=out.dtype, device=out.device)
+            out = tv_tensors.wrap(out.as_subclass(torch.Tensor) + shift, like=out)
+        return out
+
+
 class KeypointImageTransform:
     """Crop (optional box), resize/augment, normalise; keypoints follow into model coordinates.
 
@@ -55,7 +73,7 @@ class KeypointImageTransform:
         else:
             steps.append(v2.Resize(size, antialias=True))
         if train and augment.hflip > 0:
-            steps.append(v2.RandomHorizontalFlip(augment.hflip))
+            steps.append(RandomHorizontalFlip(augment.hflip))
         if train and augment.rotate_degrees > 0:
             steps.append(v2.RandomRotation(augment.rotate_degrees))
         if train and augment.color_jitter > 0:
