@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 log = logging.getLogger(__name__)
+MISMATCH = "the loader yielded other images than `labels` describes"
 
 
 @dataclass
@@ -92,6 +93,8 @@ def collect_features(
             members = np.flatnonzero(batch_labels == c)
             slots[members] = next_image[c] + np.arange(len(members))
             next_image[c] += len(members)
+            if next_image[c] > image_offsets[c + 1]:
+                raise ValueError(MISMATCH)
         starts = slots * H * W  # (B,)
         index = (starts[:, None] + np.arange(H * W)[None, :]).reshape(-1)  # (B HW,)
         store.features[index] = patches.reshape(-1, D)
@@ -102,5 +105,5 @@ def collect_features(
     if store is None:
         raise ValueError("the push split is empty: no features to decompose")
     if not (next_image == image_offsets[1:]).all():
-        raise ValueError("the loader yielded other images than `labels` describes")
+        raise ValueError(MISMATCH)
     return store
