@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from proto_lightning.prototypes.projection import NearestPatchIndex, merge_nearest
+from proto_lightning.prototypes import projection
+from proto_lightning.prototypes.projection import (
+    NearestPatchIndex,
+    Projection,
+    all_reduce_nearest,
+    merge_nearest,
+)
 
 
 def patches(seed: int = 0, n_images: int = 40, hw: int = 9, dim: int = 16, classes: int = 4):
@@ -104,3 +110,94 @@ def test_decompose_projection_one_class_index_at_a_time_equals_brute_force(restr
     assert (found.rows[has_patches] == store.rows[winners]).all()
     assert (found.locations[has_patches] == store.locations[winners]).all()
     assert (found.rows[~has_patches] == -1).all() and has_patches.sum() == (8 if restricted else 10)
+
+
+def test_queries_without_a_candidate_get_the_empty_answer_and_single_queries_are_searched():
+    """Class 2 has no patch: its query keeps row/image/location/label -1 and distance inf. Class 0's
+    single query is searched like any other; vectors come back only when asked for."""
+    features = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]], dtype=np.float32)
+    index = NearestPatchIndex(2, device="cpu")
+    index.add(
+        features, np.array([0, 1, 1]), np.array([7, 8, 9]), np.array([70, 80, 90]), np.zeros((3, 2))
+    )
+    assert index.size == 3
+    found = index.search(np.array([[0.1, 0.0], [4.0, 4.0], [0.0, 0.0]]), np.array([0, 1, 2]))
+    assert found.rows.tolist() == [7, 9, -1] and found.image_ids.tolist() == [70, 90, -1]
+    assert found.labels.tolist() == [0, 1, -1] and found.locations[2].tolist() == [-1, -1]
+    assert found.distances.tolist() == pytest.approx([0.01, 2.0, float("inf")])
+    assert found.vectors is None
+
+
+def test_size_counts_every_patch_and_a_full_buffer_goes_into_the_index():
+    index = NearestPatchIndex(2, device="cpu", flush_rows=4)
+    ones = np.ones((2, 2), dtype=np.float32)
+    index.add(ones, np.array([0, 0]), np.arange(2), np.arange(2), np.zeros((2, 2)))
+    assert index.size == 2 and sum(i.ntotal for i in index._indexes.values()) == 0  # buffered
+    index.add(ones, np.array([1, 1]), np.arange(2), np.arange(2), np.zeros((2, 2)))
+    assert index.size == 4 and sum(i.ntotal for i in index._indexes.values()) == 4  # flushed at 4
+    index.search(ones[:1])
+    assert index.size == 4
+
+
+def test_merge_keeps_the_first_candidate_on_a_tie_and_placing_writes_a_subset():
+    a, b = Projection.empty(2), Projection.empty(2)
+    a.rows[:], a.distances[:] = [1, 1], [0.5, 2.0]
+    b.rows[:], b.distances[:] = [2, 2], [0.5, 1.0]
+    assert merge_nearest([a, b]).rows.tolist() == [1, 2]
+    whole = Projection.empty(4)
+    part = Projection.empty(2)
+    part.rows[:], part.vectors = [5, 6], np.ones((2, 3), dtype=np.float32)
+    whole.place(part, np.array([3, 1]))
+    assert whole.rows.tolist() == [-1, 6, -1, 5] and whole.vectors[:, 0].tolist() == [0, 1, 0, 1]
+
+
+def test_a_projection_round_trips_through_tensors_and_reports_its_boxes():
+    p = Projection.empty(2)
+    p.rows[:], p.locations[:] = [3, 4], [[1, 2], [0, 1]]
+    state = p.to_dict()
+    assert "vectors" not in state and all(isinstance(v, torch.Tensor) for v in state.values())
+    back = Projection.from_dict(state)
+    assert back.rows.tolist() == [3, 4] and back.vectors is None
+    boxes = {"rf_boxes": np.array([[0, 4, 0, 4], [1, 5, 2, 6]])}
+    record = back.record(1, boxes)
+    assert record["row"] == 4 and record["location"] == (0, 1) and record["rf_box"] == (1, 5, 2, 6)
+    assert "high_activation_box" not in record
+
+
+def test_gpu_placement_follows_the_device_setting_and_the_rank(monkeypatch):
+    """With FAISS seeing GPUs (faked: no index is built), auto and cuda use one, cpu does not; the GPU
+    is the one asked for, else the process's LOCAL_RANK; without GPUs, cuda falls back to the CPU."""
+    monkeypatch.setattr(projection.faiss, "get_num_gpus", lambda: 2)
+    monkeypatch.setattr(projection.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert NearestPatchIndex(4, device="auto").gpu and NearestPatchIndex(4, device="cuda").gpu
+    assert not NearestPatchIndex(4, device="cpu").gpu
+    assert NearestPatchIndex(4, device="auto")._gpu_id == 1
+    assert NearestPatchIndex(4, device="auto", gpu=0)._gpu_id == 0
+    monkeypatch.delenv("LOCAL_RANK")
+    assert NearestPatchIndex(4, device="auto")._gpu_id == 0
+    monkeypatch.setattr(projection.faiss, "get_num_gpus", lambda: 0)
+    assert not NearestPatchIndex(4, device="cuda").gpu
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        NearestPatchIndex(4, device="gpu")
+
+
+def test_all_reduce_takes_each_querys_nearest_over_the_ranks(monkeypatch):
+    """Without a process group the local answer stands; with two ranks (a fake `dist` that hands
+    back both ranks' answers) the nearest wins per query."""
+    mine, theirs = Projection.empty(2), Projection.empty(2)
+    mine.rows[:], mine.distances[:] = [1, 1], [0.5, 3.0]
+    theirs.rows[:], theirs.distances[:] = [2, 2], [1.0, 2.0]
+    assert all_reduce_nearest(mine) is mine
+
+    class TwoRanks:
+        is_available = staticmethod(lambda: True)
+        is_initialized = staticmethod(lambda: True)
+        get_world_size = staticmethod(lambda: 2)
+
+        @staticmethod
+        def all_gather_object(out: list, obj) -> None:
+            out[:] = [obj, theirs]
+
+    monkeypatch.setattr(projection, "dist", TwoRanks)
+    assert all_reduce_nearest(mine).rows.tolist() == [1, 2]

@@ -227,7 +227,7 @@ class NearestPatchIndex:
             selected = (
                 np.arange(len(queries)) if classes is None else np.flatnonzero(classes == label)
             )
-            if len(selected) == 0 or index.ntotal == 0:
+            if len(selected) == 0:  # (an index exists only once a patch was added)
                 continue
             scores, ids = index.search(queries[selected], 1)
             meta = (
