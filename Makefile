@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= data/parts
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint dataset bench clean
+.PHONY: demo test install lint dataset bench mutation clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ lint: $(STAMP)
 # Every benchmark, one table of ratios at the end (BENCH_ARGS=--quick for the CI-sized run).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
+# Mutation testing of the numeric core (tests/mutate.py); about 20 min on 2 cores, not part of CI.
+mutation: $(STAMP)
+	$(BIN)/python -m tests.mutate $(MUTATION_ARGS)
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache

@@ -32,3 +32,20 @@ def test_interval_is_the_exact_percentile_interval_of_a_resampled_share():
     e = bootstrap_estimate(lambda idx: float(hits[idx].mean()), 27, resamples=20000, seed=3)
     assert (e.value, e.low, e.high) == pytest.approx((4 / 27, low, high), abs=1e-12)
     assert mean_estimate(hits, resamples=20000) == e.__class__(4 / 27, low, high)
+
+
+def test_two_images_already_have_an_interval():
+    """Two values 0 and 1: a resample's mean is 0, 1/2 or 1 with probabilities 1/4, 1/2, 1/4, so the
+    95% interval is [0, 1]; one image has no spread to resample."""
+    e = mean_estimate(np.array([0.0, 1.0]), resamples=2000)
+    assert (e.value, e.low, e.high) == (0.5, 0.0, 1.0)
+    single = mean_estimate(np.array([0.25]))
+    assert (single.value, single.low, single.high) == (0.25, 0.25, 0.25)
+
+
+def test_an_undefined_statistic_has_no_interval():
+    """A statistic that is NaN on all images (e.g. stability of a class without test images) is reported
+    as NaN without resampling."""
+    calls = []
+    e = bootstrap_estimate(lambda idx: calls.append(idx) or float("nan"), 10)
+    assert all(np.isnan(v) for v in (e.value, e.low, e.high)) and len(calls) == 1

@@ -67,3 +67,35 @@ def test_high_activation_box_is_found_after_bicubic_upsampling():
     y0, y1, x0, x1 = high_activation_box(activation, 32).tolist()
     assert (y0 + y1) / 2 == pytest.approx(12, abs=1) and (x0 + x1) / 2 == pytest.approx(20, abs=1)
     assert 0 < y1 - y0 <= 8 and 0 < x1 - x0 <= 8
+
+
+def keys_bicubic(image: np.ndarray, size: int) -> np.ndarray:
+    """Bicubic resize as OpenCV's INTER_CUBIC (ProtoPNet's upsampling): Keys' kernel with a = -0.75,
+    half-pixel centres, edge pixels repeated; written out as two (size, n) weight matrices."""
+
+    def weights(n: int) -> np.ndarray:
+        W = np.zeros((size, n))
+        for i in range(size):
+            x = (i + 0.5) * n / size - 0.5
+            for tap in range(int(np.floor(x)) - 1, int(np.floor(x)) + 3):
+                t, a = abs(x - tap), -0.75
+                w = (
+                    (a + 2) * t**3 - (a + 3) * t**2 + 1
+                    if t <= 1
+                    else (a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a if t < 2 else 0.0)
+                )
+                W[i, min(max(tap, 0), n - 1)] += w
+        return W
+
+    return weights(image.shape[0]) @ image @ weights(image.shape[1]).T
+
+
+def test_high_activation_box_is_the_official_crop_of_the_bicubic_upsampling():
+    """find_high_activation_crop: the box of pixels >= the 95th percentile of the upsampled map."""
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        activation = rng.random((5, 5))
+        up = keys_bicubic(activation, 40)
+        ys, xs = np.nonzero(up >= np.percentile(up, 95))
+        expected = [ys.min(), ys.max() + 1, xs.min(), xs.max() + 1]
+        assert high_activation_box(torch.from_numpy(activation), 40).tolist() == expected

@@ -1,20 +1,25 @@
 """Head decomposition: exact reconstruction, least-squares alpha, refinement objective and constraint."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
+from scipy.optimize import minimize
 
 from proto_lightning.models import BlackBoxNet
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
+from proto_lightning.prototypes import decomposition
 from proto_lightning.prototypes.decomposition import (
     HeatmapCosine,
     NMFSettings,
     RefinementSettings,
     decompose_head,
+    full_beta,
     least_squares_alpha,
     refine_beta,
 )
 from proto_lightning.prototypes.features import FeatureStore
+from proto_lightning.prototypes.nmf import nmf
 
 
 def random_store(
@@ -105,3 +110,73 @@ def test_single_prototype_takes_the_whole_residual():
         torch.rand(10, 5), torch.rand(10, 1), torch.rand(1, 5), torch.ones(1), torch.rand(5)
     )
     assert refine_beta(objective, 1, RefinementSettings()).tolist() == [1.0]
+
+
+def test_free_variables_map_to_the_constrained_beta():
+    """simplex: beta = softmax(z_1..z_{k-1}, 0), so z = 0 is the even split; sum_to_one: the last
+    beta is 1 minus the others."""
+    assert np.allclose(full_beta(np.zeros(2), "simplex"), [1 / 3, 1 / 3, 1 / 3])
+    assert np.allclose(full_beta(np.array([np.log(2.0), 0.0]), "simplex"), [0.5, 0.25, 0.25])
+    assert np.allclose(full_beta(np.array([0.2, 0.3]), "sum_to_one"), [0.2, 0.3, 0.5])
+
+
+@pytest.mark.parametrize("constraint", ["simplex", "sum_to_one"])
+def test_nelder_mead_starts_at_the_even_split_within_the_bounds(constraint, monkeypatch):
+    """The search starts from beta = 1/k and, under `sum_to_one`, keeps |b_i| <= beta_bound."""
+    seen = {}
+
+    def spy(fun, x0, **kwargs):
+        seen.update(x0=x0, bounds=kwargs["bounds"])
+        return minimize(fun, x0, **kwargs)
+
+    monkeypatch.setattr(decomposition, "minimize", spy)
+    torch.manual_seed(0)
+    objective = HeatmapCosine(
+        torch.rand(30, 6), torch.rand(30, 3), torch.rand(3, 6), torch.rand(3), torch.randn(6)
+    )
+    refine_beta(objective, 3, RefinementSettings(constraint=constraint, beta_bound=0.7))
+    assert np.allclose(full_beta(seen["x0"], constraint), [1 / 3] * 3)
+    assert seen["bounds"] == (None if constraint == "simplex" else [(-0.7, 0.7)] * 2)
+
+
+def test_a_ranks_share_of_batches_equals_those_classes_of_the_whole_head():
+    """Classes of unequal sizes (zero-padded in their NMF batch), 2 per batch, each batch seeded
+    with seed + its first class: batch 1 alone gives classes 2 and 3 of the whole decomposition,
+    whose bases are NMF's on that batch with seed 7 + 2."""
+    store = random_store(5, 12, images_per_class=2, hw=9, seed=4)
+    keep = np.r_[0:18, 18:27, 36:54, 54:63, 72:90]  # class 1 and 3 lose an image
+    sizes = np.bincount(store.labels[keep], minlength=5)
+    store = FeatureStore(
+        store.features[keep],
+        store.rows[keep],
+        store.image_ids[keep],
+        store.locations[keep],
+        store.labels[keep],
+        np.concatenate([[0], np.cumsum(sizes)]),
+        (3, 3),
+    )
+    V = torch.randn(5, 12)
+    settings = NMFSettings(max_iter=20, classes_per_batch=2)
+    whole = decompose_head(store, V, 3, settings, RefinementSettings(objective="even"), seed=7)
+    share = decompose_head(
+        store, V, 3, settings, RefinementSettings(objective="even"), seed=7, batches=[1]
+    )
+    assert share.prototypes.shape[0] == 2
+    assert torch.equal(share.prototypes, whole.prototypes[2:4])
+    assert whole.relative_head_error(V) < 1e-6
+    F = torch.zeros(2, 18, 12)
+    F[0, :18], F[1, :9] = (torch.from_numpy(store.class_slice(c)) for c in (2, 3))
+    assert torch.allclose(share.bases, nmf(F, 3, max_iter=20, tol=1e-4, seed=9).P)
+
+
+def test_library_settings_are_the_configured_defaults():
+    """A decomposition called from Python gets what conf/model/posthoc.yaml sets for a run."""
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    from proto_lightning.config import compose_config
+
+    model = compose_config("decompose", ["data.root=unused", "blackbox_ckpt=x.ckpt"]).model
+    assert OmegaConf.to_container(model.nmf) == asdict(NMFSettings())
+    assert OmegaConf.to_container(model.refinement) == asdict(RefinementSettings())

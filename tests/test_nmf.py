@@ -101,3 +101,27 @@ def test_stops_when_the_relative_decrease_falls_below_tol():
     assert ((before - after) / before).max() < 1e-3  # it stopped at the first small step ...
     earlier = nmf(F, 2, tol=0.0, max_iter=result.iterations - 2).objective
     assert ((earlier - before) / earlier).max() >= 1e-3  # ... and not before it
+
+
+def test_init_scale_uses_each_problems_real_rows_however_small():
+    """A class whose one real row is small (values 1e-3, padding after it) still gets a non-zero E
+    row, and its scale is sqrt(mean over that row / k)."""
+    F = torch.zeros(1, 5, 4000)
+    F[0, 0] = 1e-3
+    E, P = random_init(F, 4, seed=1)
+    assert (E[0, 0] > 0).all() and (E[0, 1:] == 0).all()
+    expected = math.sqrt(2 / math.pi) * math.sqrt(1e-3 / 4)
+    assert P.mean().item() == pytest.approx(expected, rel=0.03)  # 16000 draws
+
+
+def test_a_single_matrix_is_one_problem_and_zero_iterations_return_the_start():
+    F = torch.relu(torch.randn(30, 8, generator=torch.Generator().manual_seed(5))).double()
+    single, batched = (
+        nmf(F, 2, max_iter=5, tol=0.0, seed=1),
+        nmf(F[None], 2, max_iter=5, tol=0.0, seed=1),
+    )
+    assert single.P.shape == (1, 2, 8) and torch.equal(single.P, batched.P)
+    E0, P0 = random_init(F[None], 2, seed=1)
+    start = nmf(F, 2, max_iter=0, seed=1)
+    assert start.iterations == 0 and torch.equal(start.P, P0) and torch.equal(start.E, E0)
+    assert torch.allclose(start.objective, 0.5 * ((F - E0[0] @ P0[0]) ** 2).sum()[None])

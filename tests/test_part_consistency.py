@@ -1,5 +1,6 @@
 """Consistency and stability (Huang et al. 2023, EvalProtoPNet) on hand-made cases with known answers."""
 
+import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
@@ -10,11 +11,13 @@ from proto_lightning.metrics.part_consistency import (
     consistency,
     covered_parts,
     part_frequencies,
+    peak_pixels,
     perturb,
     region_half_size,
     stability,
     visible_parts,
 )
+from tests.test_boxes import keys_bicubic
 
 S = 40  # input size; activation maps at full size, so upsampling does not move the peak
 
@@ -172,3 +175,51 @@ def test_noise_clipped_to_zero_leaves_every_prototype_stable():
     }
     coverage = part_coverage(ConvPrototypes(), [batch], 4, 6, 50.0, 0.0, 0, torch.device("cpu"))
     assert torch.equal(coverage.covered, coverage.covered_noisy)
+
+
+def test_region_follows_an_asymmetric_peak_on_an_upsampled_map():
+    """Peak at (y=2, x=11) on a full-size map: the region is rows [0, 5], columns [8, 14] (half-size 3);
+    keypoints at x = 7.9 (truncated to 7, outside) and x = 14.9 (14, inside) on row 4."""
+    activations = one_hot_map(2, 11)[None, None]
+    keypoints = torch.tensor(
+        [[[1, 7.9, 4.0, 1], [2, 14.9, 4.0, 1], [3, 11.0, 5.9, 1], [4, 11, 6, 1]]]
+    )
+    assert covered_parts(activations, keypoints, 4, (S, S), 3)[0, 0].tolist() == [
+        False,
+        True,
+        True,
+        False,
+    ]
+    # on a 7x7 map upsampled to 40 px, the peak is the bicubic (OpenCV INTER_CUBIC) upsampling's argmax
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        small = rng.random((7, 7))
+        up = keys_bicubic(small, S)
+        y, x = np.unravel_index(np.argmax(up), up.shape)
+        peak = peak_pixels(torch.from_numpy(small)[None, None], (S, S))[0, 0]
+        assert peak.tolist() == [y, x]
+
+
+def test_half_size_at_the_demo_input_is_the_reference_scaled():
+    assert region_half_size(128) == 21  # 36 x 128 / 224 = 20.57
+
+
+def test_a_part_shown_once_counts_in_full():
+    covered = torch.tensor([[[True, False]], [[False, False]]])
+    visible = torch.tensor([[True, False], [False, True]])
+    frequencies = part_frequencies(covered, visible, torch.zeros(2, dtype=torch.long), 1)
+    assert frequencies.tolist() == [[[1.0, 0.0]]]
+
+
+def test_stability_by_hand():
+    """3 images of class 0, 1 of class 1; 2 prototypes, 3 parts. Prototype 0 keeps its covered parts
+    on images 0 and 2, prototype 1 on images 0, 1 and 3."""
+    covered = torch.zeros(4, 2, 3, dtype=torch.bool)
+    noisy = covered.clone()
+    noisy[1, 0, 2] = True  # image 1, prototype 0 gains part 2
+    noisy[2, 1, 0] = True  # image 2, prototype 1 gains part 0
+    noisy[3, 1, 1] = True  # image 3 (class 1), prototype 1 gains part 1
+    labels = torch.tensor([0, 0, 0, 1])
+    assert torch.allclose(
+        stability(covered, noisy, labels, 2), torch.tensor([[2 / 3, 2 / 3], [1.0, 0.0]])
+    )

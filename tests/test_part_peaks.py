@@ -21,3 +21,10 @@ def test_peak_is_assigned_to_the_nearest_visible_part_within_radius():
 def test_modal_share_counts_misses_in_the_denominator():
     assert modal_part_share(torch.tensor([3, 3, 1, -1])) == (3, 0.5)
     assert modal_part_share(torch.tensor([-1, -1])) == (-1, 0.0)
+
+
+def test_a_part_exactly_at_the_radius_is_hit():
+    peaks = torch.tensor([[7.5, 2.5]])
+    kp = torch.tensor([[[1, 7.5, 5.5, 1], [2, 0.0, 0.0, 1]]])  # part 1 exactly 3 px below the peak
+    assert assign_parts(peaks, kp, radius=3.0).tolist() == [1]
+    assert assign_parts(peaks, kp, radius=2.9).tolist() == [-1]

@@ -341,18 +341,23 @@ class PhaseRecorder(L.Callback):
         )
 
 
-def test_learning_rates_and_optimizers_of_each_phase_follow_the_official_loop():
+def test_learning_rates_and_optimizers_of_each_phase_follow_the_official_loop(monkeypatch):
     """main.py: warm epochs step warm_optimizer; each joint epoch first calls joint_lr_scheduler.step()
     (StepLR) then trains with joint_optimizer, so official epoch e >= warm trains at
-    lr x gamma ** ((e - warm + 1) // step_size); last-layer passes use last_layer_optimizer_lr."""
+    lr x gamma ** ((e - warm + 1) // step_size); the last-layer passes after a push step only
+    last_layer_optimizer and leave the joint schedule where it was."""
     torch.manual_seed(0)
-    model = configured_protopnet(epochs=6, warm_epochs=2, push_start=100)
+    model = configured_protopnet(
+        epochs=6, warm_epochs=2, push_start=3, push_every=3, last_layer_iterations=1
+    )
     model.optimizer_settings["joint_lr_step_size"] = 2
+    pushed = []
+    monkeypatch.setattr(model, "push", lambda: pushed.append(model.current_epoch))
     images = [{"image": torch.randn(3, 32, 32), "label": torch.tensor(i % 2)} for i in range(4)]
     recorder = PhaseRecorder()
     trainer = L.Trainer(
         accelerator="cpu",
-        max_epochs=6,
+        max_epochs=7,  # warm 0, warm 1, joint 2, joint 3, last 3 (push), joint 4, joint 5
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -360,13 +365,68 @@ def test_learning_rates_and_optimizers_of_each_phase_follow_the_official_loop():
         callbacks=[recorder],
     )
     trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(images, batch_size=2))
+    assert pushed == [4]  # before the first last-layer pass
     base = [1e-4, 3e-3, 3e-3]  # features, add-on layers, prototype vectors
-    factors = [1, 1, 1, 0.1, 0.1, 0.01]  # epochs 0, 1 warm (not stepped); 2..5: (e - 1) // 2
+    factors = [1, 1, 1, 0.1, 0.1, 0.1, 0.01]  # official epochs 2..5: (e - 1) // 2 steps of 0.1
     for epoch, factor in enumerate(factors):
         assert recorder.joint_lrs[epoch] == pytest.approx([lr * factor for lr in base]), epoch
-    # 2 batches per epoch: warm optimizer steps in epochs 0-1, joint in 2-5, last never
-    assert recorder.steps == [[2, 0, 0], [4, 0, 0], [4, 2, 0], [4, 4, 0], [4, 6, 0], [4, 8, 0]]
+    # 2 batches per epoch: (warm, joint, last) optimizers' step counts after each epoch
+    assert recorder.steps == [
+        [2, 0, 0],
+        [4, 0, 0],
+        [4, 2, 0],
+        [4, 4, 0],
+        [4, 4, 2],
+        [4, 6, 2],
+        [4, 8, 2],
+    ]
     warm, joint, last = trainer.optimizers
     assert [g["lr"] for g in warm.param_groups] == [3e-3, 3e-3]
+    assert [g["weight_decay"] for g in warm.param_groups] == [1e-3, 0.0]
     assert [g["weight_decay"] for g in joint.param_groups] == [1e-3, 1e-3, 0.0]
     assert [g["lr"] for g in last.param_groups] == [1e-4]
+
+
+def test_library_defaults_are_the_configured_official_settings():
+    """A ProtoPNet built in Python gets what conf/model/protopnet.yaml (checked by hand above) sets."""
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    from proto_lightning.config import compose_config
+    from proto_lightning.models.protopnet import LOSS_DEFAULTS, OPTIMIZER_DEFAULTS, PUSH_DEFAULTS
+
+    model = OmegaConf.to_container(compose_config("protopnet", ["data.root=unused"]).model)
+    assert model["loss"] == LOSS_DEFAULTS and model["optimizer"] == OPTIMIZER_DEFAULTS
+    assert model["push"] == PUSH_DEFAULTS
+    assert model["schedule"] == asdict(ProtoPNetSchedule())
+
+
+def test_push_at_end_and_last_layer_passes():
+    """The final epoch is pushed once (never twice when the official pushes already end there); at
+    least one last-layer pass follows every push; a step past the plan is refused by name."""
+    ends_unpushed = ProtoPNetSchedule(epochs=4, push_start=2, push_every=2, push_at_end=True)
+    assert ends_unpushed.push_epochs() == [2, 3]
+    ends_pushed = ProtoPNetSchedule(epochs=5, push_start=2, push_every=2, push_at_end=True)
+    assert ends_pushed.push_epochs() == [2, 4]
+    never = ProtoPNetSchedule(epochs=3, warm_epochs=1, push_start=10, push_at_end=True)
+    assert never.push_epochs() == [2]
+    assert ProtoPNetSchedule(epochs=3, push_start=10).push_epochs() == []
+    zero = ProtoPNetSchedule(
+        epochs=2, warm_epochs=1, push_start=1, push_every=1, last_layer_iterations=0
+    )
+    assert [(s.phase, s.epoch, s.push) for s in zero.plan()] == [
+        ("warm", 0, False),
+        ("joint", 1, False),
+        ("last", 1, True),
+    ]
+    model = ProtoPNet(
+        {"name": "small_cnn"},
+        2,
+        prototypes_per_class=1,
+        prototype_dim=4,
+        schedule={"epochs": 2, "push_start": 10},
+    )
+    assert model.step_of_epoch(1).epoch == 1
+    with pytest.raises(IndexError, match="past the schedule"):
+        model.step_of_epoch(2)
