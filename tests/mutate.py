@@ -56,7 +56,7 @@ TARGETS: dict[str, tuple[set[str] | None, list[str]]] = {
         ["tests/test_projection.py", "tests/test_decomposition.py"],
     ),
     "proto_lightning/prototypes/boxes.py": (None, ["tests/test_boxes.py", "tests/test_devices.py"]),
-    "proto_lightning/prototypes/features.py": (None, ["tests/test_decomposition.py"]),
+    "proto_lightning/prototypes/features.py": (None, ["tests/test_features.py"]),
     "proto_lightning/prototypes/network.py": (
         None,
         [

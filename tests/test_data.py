@@ -169,3 +169,25 @@ def test_decompose_refuses_a_class_without_training_images(parts_root, tmp_path,
     cfg = stage_cfg("decompose", data, tmp_path / "run", f"blackbox_ckpt={best}")
     with pytest.raises(DatasetLayoutError, match=r"no training images"):
         run_decompose(cfg)
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_reference_keypoints_of_a_sample_use_its_crop_and_the_model_input_size(
+    parts_root: Path, crop: bool
+):
+    """The reference places a test image's keypoints by its integer arithmetic on the crop it uses
+    (the bounding box, or the whole image): every visible keypoint, in the 48-pixel input."""
+    dm = datamodule(parts_root, crop_to_bbox=crop)
+    dm.setup()
+    row = int(dm.test_set.rows[0])
+    with Image.open(dm.records.paths[row]) as image:
+        width, height = image.size
+    x1, y1, x2, y2 = 0, 0, width, height
+    if crop:
+        bx, by, bw, bh = (int(v) for v in dm.records.boxes[row])
+        x1, y1, x2, y2 = bx, by, bx + bw, by + bh
+    expected = [
+        [part + 1, int(48 * ((int(x) - x1) / (x2 - x1))), int(48 * ((int(y) - y1) / (y2 - y1))), v]
+        for part, (x, y, v) in enumerate(dm.records.keypoints[row].tolist())
+    ]
+    assert dm.test_set.reference_keypoints(row).tolist() == expected

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from proto_lightning.data.generate import make_dataset
-from proto_lightning.errors import IncompatibleWeightsError, MissingArtifactError
+from proto_lightning.errors import ConfigValueError, IncompatibleWeightsError, MissingArtifactError
 from proto_lightning.evaluation.drawing import HIGH_COLOUR, RF_COLOUR, draw_prototype_grid
 from proto_lightning.evaluation.table import METRICS
 from proto_lightning.models import BlackBoxClassifier
@@ -130,3 +130,15 @@ def test_prototype_grid_frames_the_receptive_field_and_the_high_activation_box(t
 def test_the_declared_metric_names_cover_what_evaluate_reports(tiny_demo):
     reported = {k.removeprefix("evaluate ") for k in tiny_demo.metrics if k.startswith("evaluate ")}
     assert reported and reported <= metric_names(["posthoc", "protopnet", "gradcam", "lime"])
+
+
+def test_an_unknown_part_protocol_is_refused_before_any_work(stage_config, tmp_path: Path):
+    cfg = stage_config("evaluate", "evaluation.parts.protocol=huang")
+    with pytest.raises(ConfigValueError, match="reference, scaled"):
+        run_evaluate(cfg)
+    assert not Path(cfg.run_dir).exists()
+
+
+def test_results_md_names_the_part_protocol(tiny_demo):
+    text = (tiny_demo.run_dir / "evaluate" / "results.md").read_text()
+    assert "protocol `scaled`" in text  # the demo's; evaluate's default is `reference`

@@ -1,11 +1,13 @@
 """Consistency and stability (Huang et al. 2023, EvalProtoPNet) on hand-made cases with known answers."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
 
 from proto_lightning.config import compose_config
+from proto_lightning.data.transforms import reference_keypoints
 from proto_lightning.evaluation.scores import part_coverage
 from proto_lightning.metrics.part_consistency import (
     consistency,
@@ -13,6 +15,7 @@ from proto_lightning.metrics.part_consistency import (
     part_frequencies,
     peak_pixels,
     perturb,
+    reference_peak_pixels,
     region_half_size,
     stability,
     visible_parts,
@@ -223,3 +226,50 @@ def test_stability_by_hand():
     assert torch.allclose(
         stability(covered, noisy, labels, 2), torch.tensor([[2 / 3, 2 / 3], [1.0, 0.0]])
     )
+
+
+def test_reference_keypoints_follow_evalprotopnets_integer_arithmetic():
+    """util/local_parts.py truncates the text values (box "10.7 20.2 112.9 50.0" -> x1 = 10, y1 = 20,
+    x2 = 10 + 112, y2 = 20 + 50; keypoint "71.4" -> 71); eval_interpretability.py places a keypoint
+    at int(S * ((x - x1) / (x2 - x1))), int truncating toward zero, and keeps every visible one,
+    inside the crop or not."""
+    box = [10.7, 20.2, 112.9, 50.0]
+    raw = np.array(
+        [
+            [71.4, 44.9, 1],  # int(224 * (61 / 112)) = int(121.99999999999999) = 121, not 122;
+            #                   int(224 * (24 / 50)) = int(107.52) = 107
+            [5.0, 30.0, 1],  # left of the crop: int(224 * (-5 / 112)) = -10, still visible; y 44
+            [9.9, 20.0, 1],  # 9 -> int(224 * (-1 / 112)) = -2; y: 0
+            [50.0, 60.0, 0],  # int(224 * (40 / 112)) = 80, int(224 * (40 / 50)) = 179; invisible
+        ]
+    )
+    placed = reference_keypoints(raw, box, (0, 0), 224)
+    assert placed.tolist() == [[121, 107, 1], [-10, 44, 1], [-2, 0, 1], [80, 179, 0]]
+    # no box: the whole 100 x 300 image; int(224 * (-1 / 300)) = int(-0.75) = 0 (floor would say -1)
+    whole = reference_keypoints(np.array([[-1.0, 99.9, 1]]), None, (100, 300), 224)
+    assert whole.tolist() == [[0, 221, 1]]  # int(224 * (99 / 100)) = int(221.76)
+
+
+def reference_first_peak(activation: np.ndarray, size: int) -> tuple[int, int]:
+    """EvalProtoPNet, written out: cv2.resize(INTER_CUBIC), then the first of np.where(a == a.max())."""
+    up = cv2.resize(activation, dsize=(size, size), interpolation=cv2.INTER_CUBIC)
+    ys, xs = np.where(up == up.max())
+    return int(ys[0]), int(xs[0])
+
+
+def test_reference_peaks_are_opencvs_first_maximum_even_on_ties():
+    """On a constant or mirror-symmetric map every location ties up to the last float bit, and
+    OpenCV's bits decide (torch's bicubic picks another pixel on the constant map)."""
+    mirrored = np.tile([0.0, 1.0, 2.0, 3.0, 2.0, 1.0, 0.0], (7, 1))  # symmetric about column 3
+    random = np.random.default_rng(3).random((7, 7))
+    maps = np.stack([np.full((7, 7), 0.3), mirrored, random]).astype(np.float32)  # k = 3 maps
+    peaks = reference_peak_pixels(torch.from_numpy(maps)[None], (224, 224))[0]  # one image, k = 3
+    assert [tuple(p) for p in peaks.tolist()] == [reference_first_peak(m, 224) for m in maps]
+    assert peak_pixels(torch.from_numpy(maps[:1])[None], (224, 224))[0, 0].tolist() != list(
+        reference_first_peak(maps[0], 224)
+    )
+
+
+def test_reference_half_size_is_36_pixels_at_any_input():
+    assert [region_half_size(s, protocol="reference") for s in (128, 224, 448)] == [36, 36, 36]
+    assert region_half_size(128, protocol="scaled") == 21

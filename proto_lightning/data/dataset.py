@@ -6,12 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from proto_lightning.data.images import load_rgb
 from proto_lightning.data.records import ImageRecords
-from proto_lightning.data.transforms import KeypointImageTransform
+from proto_lightning.data.transforms import KeypointImageTransform, reference_keypoints
 
 
 class PartImageDataset(Dataset):
@@ -48,6 +49,19 @@ class PartImageDataset(Dataset):
         if i == len(self.rows) or self.rows[i] != row:
             raise KeyError(f"row {row} is not in this split")
         return self[i]
+
+    def reference_keypoints(self, row: int) -> torch.Tensor:
+        """Row `row`'s keypoints (P, 4) as EvalProtoPNet places them in the test image
+        (`transforms.reference_keypoints`): on the bounding-box crop when this split crops."""
+        box = self.records.boxes[row] if self.crop_to_bbox else None
+        hw = (0, 0)
+        if box is None:
+            with Image.open(self.records.paths[row]) as image:  # reads the header only
+                hw = (image.height, image.width)
+        placed = reference_keypoints(
+            self.records.keypoints[row], box, hw, self.transform.image_size
+        )
+        return torch.cat([self.part_ids[:, None], placed], dim=1)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
         row = int(self.rows[i])

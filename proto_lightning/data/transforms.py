@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -31,6 +32,29 @@ class Augmentation:
         """Build from a config mapping, refusing keys this class does not know."""
         defaults = {f.name: f.default for f in fields(cls)}
         return cls(**checked_settings(config, defaults, "data.augment"))
+
+
+def reference_keypoints(
+    keypoints: np.ndarray, box: Sequence[float] | None, image_hw: tuple[int, int], size: int
+) -> torch.Tensor:
+    """Keypoints (P, 3) x, y, visible of the original image -> (P, 3) in the S x S test image, as
+    EvalProtoPNet places them (util/local_parts.py, util/eval_interpretability.py).
+
+    Coordinates and the box are truncated to integers (x1 = int(x), x2 = x1 + int(w)), then
+    x' = int(S * ((int(x) - x1) / (x2 - x1))) in that order of float operations, Python's int
+    truncating toward zero; every part annotated visible (flag 1) stays visible, inside the crop or
+    not. Without a box the whole image is the crop.
+    """
+    if box is None:
+        x1, y1, x2, y2 = 0, 0, image_hw[1], image_hw[0]
+    else:
+        x1, y1 = int(box[0]), int(box[1])
+        x2, y2 = x1 + int(box[2]), y1 + int(box[3])
+    xy = np.trunc(np.asarray(keypoints[:, :2], dtype=np.float64))  # (P, 2)
+    ratio = (xy - [x1, y1]) / [x2 - x1, y2 - y1]
+    placed = np.trunc(size * ratio)
+    visible = (np.asarray(keypoints[:, 2]) == 1).astype(np.float64)[:, None]
+    return torch.from_numpy(np.concatenate([placed, visible], axis=1)).float()
 
 
 class RandomHorizontalFlip(v2.RandomHorizontalFlip):
@@ -66,6 +90,7 @@ class KeypointImageTransform:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
+        self.image_size = image_size
         size = (image_size, image_size)
         steps: list[v2.Transform] = []
         if train and augment.scale_min < 1.0:

@@ -116,8 +116,13 @@ def part_coverage(
     noise_clip: float,
     seed: int,
     device: torch.device,
+    protocol: str = "scaled",
+    keypoints_of: Callable[[Mapping], torch.Tensor] | None = None,
 ) -> PartCoverage:
-    """Covered parts of each prototype of the true class on clean and noisy test images (EvalProtoPNet)."""
+    """Covered parts of each prototype of the true class on clean and noisy test images (EvalProtoPNet).
+
+    `keypoints_of(batch)` gives a batch's keypoints (B, P, 4), by default `batch["keypoints"]`;
+    `protocol` is `part_consistency`'s (reference | scaled)."""
     images = (
         len(loader.dataset) if hasattr(loader, "dataset") else sum(len(b["label"]) for b in loader)
     )
@@ -125,14 +130,14 @@ def part_coverage(
     covered, noisy, visible, labels = [], [], [], []
     for batch in loader:
         images, classes = batch["image"].to(device), torch.as_tensor(batch["label"]).to(device)
-        keypoints = batch["keypoints"].to(device)
+        keypoints = (batch["keypoints"] if keypoints_of is None else keypoints_of(batch)).to(device)
         size = tuple(images.shape[-2:])
         seeds = [
             seed * 1_000_003 + int(row) for row in batch["row"]
         ]  # per image: any batching agrees
         for out, x in ((covered, images), (noisy, perturb(images, noise_std, noise_clip, seeds))):
             maps = explainer.prototype_maps(x, classes)  # (B, k, h, w)
-            out.append(covered_parts(maps, keypoints, num_parts, size, half_size).cpu())
+            out.append(covered_parts(maps, keypoints, num_parts, size, half_size, protocol).cpu())
         visible.append(visible_parts(keypoints, num_parts).cpu())
         labels.append(classes.cpu())
         progress.advance(len(classes))

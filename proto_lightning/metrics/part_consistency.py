@@ -5,10 +5,9 @@ Part-Prototype Networks" (CVPR 2023), and their code (hqhQAQ/EvalProtoPNet,
 util/eval_interpretability.py), exactly:
 
 - only a prototype's own class's test images count (the prototypes of each image's true class);
-- a prototype's activation map is upsampled to the input (bicubic, as cv2.INTER_CUBIC) and its
-  region is the box of half-size h around the first maximum (row-major), clipped to the image:
-  rows [max(0, y - h), min(S, y + h)], columns likewise, bounds inclusive; h = 36 at 224 pixels
-  (scaled with the input size here);
+- a prototype's activation map is upsampled to the input (bicubic) and its region is the box of
+  half-size h around the first maximum (row-major), clipped to the image: rows
+  [max(0, y - h), min(S, y + h)], columns likewise, bounds inclusive;
 - a visible part keypoint, at integer (truncated) input coordinates, is covered when it lies in
   the region; an image's part mask marks its visible parts;
 - consistency: for each part, the share of the class's images on which the region covers it,
@@ -19,6 +18,14 @@ util/eval_interpretability.py), exactly:
   the normalised input space); a prototype's stability is the share of its class's images whose
   covered-part set is unchanged; the score is the mean over prototypes.
 
+Two protocols (`PROTOCOLS`) differ in three places:
+- `reference` (EvalProtoPNet's numbers): upsampling by OpenCV's `cv2.resize(..., INTER_CUBIC)`, whose
+  last float bit decides ties between equal maxima, h = 36 pixels at any input size, and keypoints
+  placed by the reference's integer arithmetic with every annotated part kept, inside the crop or
+  not (`data.transforms.reference_keypoints`);
+- `scaled` (ours): torch's bicubic upsampling, h = 36 x S / 224, and keypoints moved by the test
+  transform, those leaving the image marked invisible.
+
 Scores are fractions in [0, 1] here (the reference multiplies by 100).
 """
 
@@ -26,17 +33,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 REFERENCE_HALF_SIZE = 36  # pixels, at the reference's 224-pixel input
 REFERENCE_IMAGE_SIZE = 224
+PROTOCOLS = ("reference", "scaled")
 
 
-def region_half_size(image_size: int, half_size: int | None = None) -> int:
-    """The region's half-size: given, or the reference's 36 px at 224 px scaled to `image_size`."""
+def region_half_size(
+    image_size: int, half_size: int | None = None, protocol: str = "scaled"
+) -> int:
+    """The region's half-size: given, else the reference's 36 px (`reference`) or 36 px at 224 px
+    scaled to `image_size` (`scaled`)."""
     if half_size is not None:
         return int(half_size)
+    if protocol == "reference":
+        return REFERENCE_HALF_SIZE
     return round(REFERENCE_HALF_SIZE * image_size / REFERENCE_IMAGE_SIZE)
 
 
@@ -48,18 +63,35 @@ def peak_pixels(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     return torch.stack([flat // size[1], flat % size[1]], dim=-1)
 
 
+def reference_peak_pixels(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """As `peak_pixels`, upsampled as EvalProtoPNet does: `cv2.resize(map, (S, S), INTER_CUBIC)` and
+    the first of `np.where(up == up.max())`; one resize per image, its k maps as channels."""
+    maps = activations.detach().float().cpu().numpy().transpose(0, 2, 3, 1)  # (N, h, w, k)
+    N, k = activations.shape[:2]
+    flat = np.empty((N, k), dtype=np.int64)
+    for n in range(N):
+        up = cv2.resize(maps[n], (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+        up = up.reshape(size[0] * size[1], k)  # OpenCV drops a single channel's axis
+        flat[n] = up.argmax(axis=0)  # numpy's argmax: the first maximum, as np.where's first hit
+    flat_t = torch.from_numpy(flat).to(activations.device)
+    return torch.stack([flat_t // size[1], flat_t % size[1]], dim=-1)
+
+
 def covered_parts(
     activations: torch.Tensor,
     keypoints: torch.Tensor,
     num_parts: int,
     size: tuple[int, int],
     half_size: int,
+    protocol: str = "scaled",
 ) -> torch.Tensor:
     """Which parts each prototype's region covers on each image (N, k, P) bool.
 
-    activations (N, k, h, w); keypoints (N, P', 4) rows of (1-based part id, x, y, visible).
+    activations (N, k, h, w); keypoints (N, P', 4) rows of (1-based part id, x, y, visible);
+    `protocol` chooses the upsampling (module docstring).
     """
-    peaks = peak_pixels(activations, size)  # (N, k, 2)
+    peak_fn = reference_peak_pixels if protocol == "reference" else peak_pixels
+    peaks = peak_fn(activations, size)  # (N, k, 2)
     y0 = (peaks[..., 0] - half_size).clamp(min=0)[..., None]  # (N, k, 1)
     y1 = (peaks[..., 0] + half_size).clamp(max=size[0])[..., None]
     x0 = (peaks[..., 1] - half_size).clamp(min=0)[..., None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from functools import partial
 from pathlib import Path
@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from proto_lightning.config import resolved_container
 from proto_lightning.distributed import barrier, contiguous_share, gather_objects, launch
+from proto_lightning.errors import ConfigValueError
 from proto_lightning.evaluation.artifacts import Models, load_models, locate
 from proto_lightning.evaluation.drawing import draw_prototype_grid, nearest_patch_image, to_uint8
 from proto_lightning.evaluation.figures import PrototypeTerm, curves_figure, explanation_figure
@@ -35,7 +36,12 @@ from proto_lightning.explainers import (
     PrototypeExplainer,
 )
 from proto_lightning.metrics.bootstrap import Estimate, bootstrap_estimate, mean_estimate
-from proto_lightning.metrics.part_consistency import consistency, region_half_size, stability
+from proto_lightning.metrics.part_consistency import (
+    PROTOCOLS,
+    consistency,
+    region_half_size,
+    stability,
+)
 from proto_lightning.prototypes.boxes import high_activation_box
 from proto_lightning.stages.common import (
     StageResult,
@@ -46,6 +52,11 @@ from proto_lightning.stages.common import (
 )
 
 log = logging.getLogger(__name__)
+PROTOCOL_NOTES = {
+    "reference": "EvalProtoPNet's arithmetic: OpenCV bicubic peaks, keypoints by integer arithmetic, "
+    "every annotated part kept",
+    "scaled": "ours: torch bicubic peaks, half-size scaled with the input, parts leaving the crop dropped",
+}
 
 
 def exact(value: float) -> Estimate:
@@ -254,6 +265,19 @@ def measure_method(
     return ResultRow(explainer.name, values), curves, heatmaps
 
 
+def require_protocol(protocol: str) -> None:
+    """Refuse an unknown consistency/stability protocol before any work."""
+    if protocol not in PROTOCOLS:
+        raise ConfigValueError(
+            f"evaluation.parts.protocol={protocol!r}: choose one of {', '.join(PROTOCOLS)}"
+        )
+
+
+def reference_keypoints_of(test_set) -> Callable[[Mapping], torch.Tensor]:
+    """A batch's keypoints (B, P, 4) placed by EvalProtoPNet's arithmetic (`protocol=reference`)."""
+    return lambda batch: torch.stack([test_set.reference_keypoints(int(r)) for r in batch["row"]])
+
+
 def prototype_scores(
     explainer: PrototypeExplainer, data: TestImages, datamodule, cfg: DictConfig, device
 ) -> dict[str, Estimate]:
@@ -264,7 +288,7 @@ def prototype_scores(
         return values
     coverage = None
     if len(data.share):
-        half_size = region_half_size(datamodule.image_size, parts.half_size)
+        half_size = region_half_size(datamodule.image_size, parts.half_size, parts.protocol)
         coverage = part_coverage(
             explainer,
             data.loader,
@@ -274,6 +298,8 @@ def prototype_scores(
             parts.noise_clip,
             cfg.seed,
             device,
+            parts.protocol,
+            reference_keypoints_of(datamodule.test_set) if parts.protocol == "reference" else None,
         )
     scores = part_scores(gather_images(coverage), C, parts.threshold, bootstrap_settings(cfg))
     return {**values, **scores}
@@ -289,7 +315,8 @@ def table_notes(
     def here(path: Path | str) -> str:
         return os.path.relpath(Path(path).resolve(), run_dir.resolve())
 
-    half_size = region_half_size(datamodule.image_size, settings.parts.half_size)
+    parts = settings.parts
+    half_size = region_half_size(datamodule.image_size, parts.half_size, parts.protocol)
     return [
         f"{len(data.labels)} test images ({here(datamodule.root)}); deletion/insertion, heatmaps and explanation time on a "
         f"seeded subset of {len(data.subset)}; seed {cfg.seed}; 95% percentile bootstrap intervals over images "
@@ -299,9 +326,10 @@ def table_notes(
         "probability of the class the explained model predicts; Grad-CAM, LIME and the post-hoc PPN explain "
         "the black box, ProtoPNet explains itself.",
         (
-            f"Consistency/stability (Huang et al. 2023): region half-size {half_size} px at {datamodule.image_size} "
-            f"px, threshold {settings.parts.threshold}, noise std {settings.parts.noise_std} clipped to "
-            f"+-{settings.parts.noise_clip}; own-class test images."
+            f"Consistency/stability (Huang et al. 2023), protocol `{parts.protocol}` "
+            f"({PROTOCOL_NOTES[parts.protocol]}): region half-size {half_size} px at {datamodule.image_size} "
+            f"px, threshold {parts.threshold}, noise std {parts.noise_std} clipped to "
+            f"+-{parts.noise_clip}; own-class test images."
             if datamodule.num_parts > 0
             else "Consistency/stability: not applicable (no part keypoints in this dataset)."
         ),
@@ -363,6 +391,7 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
     Under DDP (`trainer=ddp`, `ddp_cpu`) every rank measures a contiguous share of the images, the
     per-image values are gathered in image order, and rank 0 computes the table and writes it.
     """
+    require_protocol(cfg.evaluation.parts.protocol)
     run_dir, datamodule = start_run(cfg)
     datamodule.setup("test")
     models = load_models(locate(cfg), datamodule.num_classes, cfg.trust_file)
