@@ -104,13 +104,13 @@ def test_stops_when_the_relative_decrease_falls_below_tol():
 
 
 def test_init_scale_uses_each_problems_real_rows_however_small():
-    """A class whose one real row is small (values 1e-3, padding after it) still gets a non-zero E
-    row, and its scale is sqrt(mean over that row / k)."""
+    """A class whose one real row is small (values 1e-4, summing to 0.4; padding after it) still gets a
+    non-zero E row, and its scale is sqrt(mean over that row / k)."""
     F = torch.zeros(1, 5, 4000)
-    F[0, 0] = 1e-3
+    F[0, 0] = 1e-4
     E, P = random_init(F, 4, seed=1)
     assert (E[0, 0] > 0).all() and (E[0, 1:] == 0).all()
-    expected = math.sqrt(2 / math.pi) * math.sqrt(1e-3 / 4)
+    expected = math.sqrt(2 / math.pi) * math.sqrt(1e-4 / 4)
     assert P.mean().item() == pytest.approx(expected, rel=0.03)  # 16000 draws
 
 
