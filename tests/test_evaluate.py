@@ -14,9 +14,10 @@ from PIL import Image
 from proto_lightning.data.generate import make_dataset
 from proto_lightning.errors import ConfigValueError, IncompatibleWeightsError, MissingArtifactError
 from proto_lightning.evaluation.drawing import HIGH_COLOUR, RF_COLOUR, draw_prototype_grid
-from proto_lightning.evaluation.table import METRICS
+from proto_lightning.evaluation.table import METRICS, ResultRow
+from proto_lightning.metrics.bootstrap import Estimate
 from proto_lightning.models import BlackBoxClassifier
-from proto_lightning.stages.evaluate import metric_names, run_evaluate
+from proto_lightning.stages.evaluate import claim_note, metric_names, run_evaluate
 from tests.helpers import TINY_DEMO
 
 SMALL = [o for o in TINY_DEMO if o.startswith("evaluation.")]
@@ -142,3 +143,29 @@ def test_an_unknown_part_protocol_is_refused_before_any_work(stage_config, tmp_p
 def test_results_md_names_the_part_protocol(tiny_demo):
     text = (tiny_demo.run_dir / "evaluate" / "results.md").read_text()
     assert "protocol `scaled`" in text  # the demo's; evaluate's default is `reference`
+
+
+def test_claim_line_sets_the_papers_lead_beside_the_measured_difference():
+    est = lambda v: Estimate(v, v, v)  # noqa: E731
+    rows = [
+        ResultRow("Post-hoc PPN", {"consistency": est(0.55), "stability": est(0.9)}),
+        ResultRow("ProtoPNet", {"consistency": est(0.30), "stability": est(0.95)}),
+    ]
+    line = claim_note({"consistency": 9.4, "stability": 12.0}, rows, "reference")
+    assert "consistency +9.4 points claimed, measured here over ProtoPNet +25.0" in line
+    assert "stability +12.0 points claimed, measured here over ProtoPNet -5.0" in line
+    only = claim_note({"consistency": None, "stability": 19.2}, rows[:1], "reference")
+    assert "consistency" not in only and "stability +19.2 points claimed, not measured" in only
+    assert claim_note(None, rows, "reference") is None
+
+
+def test_a_cub_experiments_claim_is_written_under_the_table(tiny_demo, stage_config):
+    cfg = stage_config(
+        "evaluate",
+        f"from_run={tiny_demo.run_dir}",
+        "paper_claims={consistency: 9.4, stability: 12.0}",
+        *SMALL,
+    )
+    result = run_evaluate(cfg)
+    text = result.artifacts["results.md"].read_text()
+    assert "consistency +9.4 points claimed, measured here over ProtoPNet" in text

@@ -32,6 +32,7 @@ CLASSES = {"cub": 200, "cars": 196, "dogs": 120}  # CUB-200-2011, Stanford Cars,
 def test_the_paper_settings_are_all_there():
     assert PAPER == [
         "cars_resnet50",
+        "cub_densenet121",
         "cub_densenet161",
         "cub_resnet152",
         "cub_resnet34",
