@@ -5,7 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from proto_lightning.prototypes.boxes import high_activation_box, receptive_field_boxes
+from proto_lightning.prototypes.boxes import (
+    high_activation_box,
+    projected_boxes,
+    receptive_field_boxes,
+)
+from proto_lightning.prototypes.projection import Projection
 
 
 def official_rf_box(h: int, w: int, image_size: int, j: float, r: float, start: float) -> list[int]:
@@ -99,3 +104,36 @@ def test_high_activation_box_is_the_official_crop_of_the_bicubic_upsampling():
         ys, xs = np.nonzero(up >= np.percentile(up, 95))
         expected = [ys.min(), ys.max() + 1, xs.min(), xs.max() + 1]
         assert high_activation_box(torch.from_numpy(activation), 40).tolist() == expected
+
+
+def test_projected_boxes_are_each_prototypes_own_on_its_own_push_image():
+    """Three prototypes projected onto push rows 7, 3, 7: each gets the receptive field of its
+    location and the high-activation box of its own map on its own image."""
+
+    class PushSet:
+        def by_row(self, row: int) -> dict:
+            return {"image": torch.full((3, 8, 8), float(row))}
+
+    maps = {  # (row, query) -> top-left corner of the 2 x 2 bright block of its 8 x 8 map
+        (7, 0): (1, 1),
+        (3, 1): (5, 2),
+        (7, 2): (4, 6),
+    }
+
+    def activation_maps(image: torch.Tensor, queries: np.ndarray) -> torch.Tensor:
+        row = int(image[0, 0, 0, 0])
+        out = torch.zeros(len(queries), 8, 8)
+        for n, q in enumerate(queries):
+            y, x = maps[row, int(q)]
+            out[n, y : y + 2, x : x + 2] = 1.0
+        return out
+
+    projection = Projection.empty(3)
+    projection.rows[:] = [7, 3, 7]
+    projection.locations[:] = [[0, 0], [3, 1], [2, 2]]
+    boxes = projected_boxes(
+        nn.Conv2d(3, 2, 3, padding=1), activation_maps, projection, PushSet(), 8, 95.0, "cpu"
+    )
+    assert boxes["rf_boxes"].tolist() == [[0, 2, 0, 2], [2, 5, 0, 3], [1, 4, 1, 4]]
+    # 4 of 64 pixels are the top 5 %: each box is its own block
+    assert boxes["high_activation_boxes"].tolist() == [[1, 3, 1, 3], [5, 7, 2, 4], [4, 6, 6, 8]]

@@ -55,9 +55,10 @@ def test_store_spills_to_a_memory_map_past_the_budget(tmp_path: Path):
     """256 x 1024 float32 = exactly 1 MiB: in RAM at a 1 MiB budget, memory-mapped below it."""
     mib = 1 / 1024  # GiB
     assert not isinstance(allocate(256, 1024, mib, tmp_path / "a"), np.memmap)
-    spilled = allocate(256, 1024, mib * 0.999, tmp_path / "b")
+    spilled = allocate(256, 1024, mib * 0.999, tmp_path / "b" / "c")  # folders made as needed
     assert isinstance(spilled, np.memmap) and spilled.shape == (256, 1024)
-    assert (tmp_path / "b" / "push_features.f32").stat().st_size >= 256 * 1024 * 4
+    assert (tmp_path / "b" / "c" / "push_features.f32").stat().st_size >= 256 * 1024 * 4
+    assert allocate(1, 1, 0.0, tmp_path / "b" / "c").shape == (1, 1)  # the folder is reused
     labels = [0, 1, 1]
     in_ram = collect_features(coordinates, batches(labels, 2), np.array(labels), 2, 1.0, tmp_path)
     on_disk = collect_features(coordinates, batches(labels, 2), np.array(labels), 2, 0.0, tmp_path)

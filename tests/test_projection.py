@@ -164,10 +164,10 @@ def test_a_projection_round_trips_through_tensors_and_reports_its_boxes():
     assert "high_activation_box" not in record
 
 
-def test_gpu_placement_follows_the_device_setting_and_the_rank(monkeypatch):
+def test_gpu_placement_follows_the_device_setting_and_the_rank(monkeypatch, caplog):
     """With FAISS seeing GPUs (faked: no index is built), auto and cuda use one, cpu does not; the GPU
     is the one asked for, else the process's LOCAL_RANK; without GPUs, cuda falls back to the CPU."""
-    monkeypatch.setattr(projection.faiss, "get_num_gpus", lambda: 2)
+    monkeypatch.setattr(projection.faiss, "get_num_gpus", lambda: 1)
     monkeypatch.setattr(projection.torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert NearestPatchIndex(4, device="auto").gpu and NearestPatchIndex(4, device="cuda").gpu
@@ -176,8 +176,12 @@ def test_gpu_placement_follows_the_device_setting_and_the_rank(monkeypatch):
     assert NearestPatchIndex(4, device="auto", gpu=0)._gpu_id == 0
     monkeypatch.delenv("LOCAL_RANK")
     assert NearestPatchIndex(4, device="auto")._gpu_id == 0
+    assert "no GPU" not in caplog.text
     monkeypatch.setattr(projection.faiss, "get_num_gpus", lambda: 0)
+    assert not NearestPatchIndex(4, device="auto").gpu
+    assert "no GPU" not in caplog.text  # auto on a CPU machine is the normal case: no warning
     assert not NearestPatchIndex(4, device="cuda").gpu
+    assert "projection.device=cuda but FAISS sees no GPU" in caplog.text
     with pytest.raises(ValueError, match="auto, cpu or cuda"):
         NearestPatchIndex(4, device="gpu")
 

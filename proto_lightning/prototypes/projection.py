@@ -113,7 +113,7 @@ def merge_nearest(candidates: list[Projection]) -> Projection:
 def _use_gpu(device: str) -> bool:
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"projection device must be auto, cpu or cuda, got {device!r}")
-    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    gpus = faiss.get_num_gpus()  # 0 in a CPU-only build
     if device == "cuda" and gpus == 0:
         log.warning("projection.device=cuda but FAISS sees no GPU: using CPU indexes")
     return device != "cpu" and gpus > 0
