@@ -273,3 +273,19 @@ def test_reference_peaks_are_opencvs_first_maximum_even_on_ties():
 def test_reference_half_size_is_36_pixels_at_any_input():
     assert [region_half_size(s, protocol="reference") for s in (128, 224, 448)] == [36, 36, 36]
     assert region_half_size(128, protocol="scaled") == 21
+
+
+def test_the_protocol_decides_which_peak_a_tie_gives():
+    """A constant 7x7 map upsampled to 224: OpenCV's first maximum is (0, 17), torch's (17, 4); with
+    half-size 36 the keypoint (x 50, y 10) is covered only by the reference's region, (x 5, y 45)
+    only by ours."""
+    constant = torch.full((1, 1, 7, 7), 0.3)
+    keypoints = torch.tensor([[[1, 50.0, 10.0, 1], [2, 5.0, 45.0, 1]]])
+    reference = covered_parts(constant, keypoints, 2, (224, 224), 36, protocol="reference")
+    scaled = covered_parts(constant, keypoints, 2, (224, 224), 36, protocol="scaled")
+    assert reference[0, 0].tolist() == [True, False] and scaled[0, 0].tolist() == [False, True]
+    # a wide input: OpenCV takes (width, height)
+    wide = torch.rand(1, 1, 5, 9, generator=torch.Generator().manual_seed(0))
+    up = cv2.resize(wide[0, 0].numpy(), dsize=(90, 50), interpolation=cv2.INTER_CUBIC)
+    ys, xs = np.where(up == up.max())
+    assert reference_peak_pixels(wide, (50, 90))[0, 0].tolist() == [ys[0], xs[0]]

@@ -167,6 +167,7 @@ def test_push_puts_every_prototype_on_its_nearest_own_class_patch(parts_root: Pa
         assert tuple(projection.locations[j]) == divmod(loc, W)
     assert {"rf_boxes", "high_activation_boxes"} <= model.extras.keys()
     assert model.nearest_patch(1, 0)["row"] == projection.rows[2]
+    assert model.nearest_patch(1, 1)["location"] == tuple(projection.locations[3])
 
 
 def test_stage_logs_accuracy_around_push_and_draws_the_gallery(parts_root: Path, tmp_path: Path):
