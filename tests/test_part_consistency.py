@@ -289,3 +289,12 @@ def test_the_protocol_decides_which_peak_a_tie_gives():
     up = cv2.resize(wide[0, 0].numpy(), dsize=(90, 50), interpolation=cv2.INTER_CUBIC)
     ys, xs = np.where(up == up.max())
     assert reference_peak_pixels(wide, (50, 90))[0, 0].tolist() == [ys[0], xs[0]]
+
+
+def test_region_is_clipped_to_a_wide_images_own_height_and_width():
+    """A 20 x 40 input, peak at (y 18, x 38), half-size 3: rows [15, 20], columns [35, 40]."""
+    activations = torch.zeros(1, 1, 20, 40)
+    activations[0, 0, 18, 38] = 1.0
+    keypoints = torch.tensor([[[1, 39.0, 19.0, 1], [2, 39.0, 21.0, 1], [3, 34.0, 18.0, 1]]])
+    covered = covered_parts(activations, keypoints, 3, (20, 40), 3)
+    assert covered[0, 0].tolist() == [True, False, False]
