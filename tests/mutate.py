@@ -44,6 +44,7 @@ PROTOPNET_UNIT = [  # the ProtoPNet tests that train nothing through a stage: se
         "total_loss_is_the_official_weighted_sum_worked_by_hand",
         "learning_rates_and_optimizers_of_each_phase_follow_the_official_loop",
         "library_defaults_are_the_configured_official_settings",
+        "push_at_end_and_last_layer_passes",
     )
 ]
 
@@ -81,7 +82,14 @@ TARGETS: dict[str, tuple[set[str] | None, list[str]]] = {
         },
         PROTOPNET_UNIT,
     ),
-    "proto_lightning/data/transforms.py": (None, ["tests/test_transforms.py"]),
+    "proto_lightning/data/transforms.py": (
+        None,
+        [
+            "tests/test_transforms.py",
+            "tests/test_part_consistency.py::"
+            "test_reference_keypoints_follow_evalprotopnets_integer_arithmetic",
+        ],
+    ),
 }
 
 # (module, line, mutation) -> why it cannot change what the package computes
@@ -89,6 +97,7 @@ _FROZEN = "dataclass(frozen=True) only forbids assigning a field, which no code 
 _PASSED = "a default every caller in the package passes explicitly (from conf/)"
 _FLOOR = "a floor against dividing by zero: any tiny positive value gives the same numbers"
 _ONE_CHUNK = "concatenating a single chunk gives that chunk"
+_INFER = "numpy reads any negative size in a reshape as 'infer it'"
 _NOOP = "the augmentation at strength 0 is the identity (flip with p 0, 0 degrees, jitter 0)"
 P, D, M = "proto_lightning/prototypes/", "proto_lightning/data/", "proto_lightning/metrics/"
 EQUIVALENT: dict[tuple[str, int, str], str] = {
@@ -111,7 +120,9 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
     (P + "projection.py", 145, "262144 -> 262145"): "the buffer size changes when patches are "
     "added to FAISS, never which patches or the answers",
     (P + "projection.py", 181, "Gt -> GtE"): _ONE_CHUNK,
-    (P + "projection.py", 195, "1 -> 2"): "numpy reads any negative size as 'infer it'",
+    (P + "projection.py", 195, "1 -> 2"): _INFER,
+    (P + "features.py", 99, "1 -> 2"): _INFER,
+    (P + "features.py", 100, "1 -> 2"): _INFER,
     (
         P + "projection.py",
         199,
@@ -160,6 +171,8 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
     ("proto_lightning/models/protopnet_schedule.py", 27, "True -> False"): _FROZEN,
     (D + "transforms.py", 21, "True -> False"): _FROZEN,
     (D + "transforms.py", 27, "1.0 -> 2.0"): "scale_min 2 is no crop, as 1 is",
+    (D + "transforms.py", 97, "1.0 -> 2.0"): "torchvision's crop sampler rejects areas above the "
+    "image's, so the crops it keeps have the same distribution",
     (D + "transforms.py", 100, "Gt -> GtE"): _NOOP,
     (D + "transforms.py", 102, "Gt -> GtE"): _NOOP,
     (D + "transforms.py", 104, "Gt -> GtE"): _NOOP,

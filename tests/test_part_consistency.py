@@ -246,8 +246,11 @@ def test_reference_keypoints_follow_evalprotopnets_integer_arithmetic():
     placed = reference_keypoints(raw, box, (0, 0), 224)
     assert placed.tolist() == [[121, 107, 1], [-10, 44, 1], [-2, 0, 1], [80, 179, 0]]
     # no box: the whole 100 x 300 image; int(224 * (-1 / 300)) = int(-0.75) = 0 (floor would say -1)
-    whole = reference_keypoints(np.array([[-1.0, 99.9, 1]]), None, (100, 300), 224)
-    assert whole.tolist() == [[0, 221, 1]]  # int(224 * (99 / 100)) = int(221.76)
+    whole = reference_keypoints(np.array([[-1.0, 99.9, 1], [10.0, 0.5, 1]]), None, (100, 300), 224)
+    assert whole.tolist() == [
+        [0, 221, 1],
+        [7, 0, 1],
+    ]  # int(224 * (99 / 100)), int(224 * (10 / 300))
 
 
 def reference_first_peak(activation: np.ndarray, size: int) -> tuple[int, int]:

@@ -113,10 +113,16 @@ def test_keypoint_on_the_far_edge_leaves_the_image():
     )
     image = torch.zeros(3, 100, 100, dtype=torch.uint8)
     keypoints = torch.tensor(
-        [[70.0, 30.0, 1.0], [69.9, 69.9, 1.0], [20.0, 20.0, 1.0], [30.0, 70.0, 1.0]]
+        [
+            [70.0, 30.0, 1.0],
+            [69.9, 69.9, 1.0],
+            [20.0, 20.0, 1.0],
+            [30.0, 70.0, 1.0],
+            [19.5, 30.0, 1.0],
+        ]
     )
     _, kp = transform(image, keypoints, box=(20, 20, 50, 50))
-    assert kp[:, 2].tolist() == [0.0, 1.0, 1.0, 0.0]
+    assert kp[:, 2].tolist() == [0.0, 1.0, 1.0, 0.0, 0.0]  # the last: x = -0.5
 
 
 def test_a_certain_flip_mirrors_keypoints_and_evaluation_never_augments():
@@ -152,6 +158,13 @@ def test_rotation_turns_keypoints_about_the_centre():
         assert math.hypot(dx, dy) == pytest.approx(20.0, abs=1e-3)
         angles.append(math.degrees(math.atan2(dy, dx)))
     assert max(abs(a) for a in angles) <= 40 + 1e-3 and max(angles) - min(angles) > 20
+    slight = KeypointImageTransform(
+        64, train=True, augment=Augmentation(rotate_degrees=1), mean=(0,) * 3, std=(1,) * 3
+    )
+    moved = [
+        slight(torch.zeros(3, 64, 64, dtype=torch.uint8), keypoints)[1][0, 1] for _ in range(5)
+    ]
+    assert max(abs(float(y) - 32) for y in moved) > 1e-3  # even 1 degree turns it
 
 
 @pytest.mark.parametrize("augment", [Augmentation(), Augmentation(scale_min=0.999)])
