@@ -303,19 +303,18 @@ class Mutator(ast.NodeTransformer):
                 func.id = CALLS[called]
         return node
 
-    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+    def _swap_operator(self, node: ast.BinOp | ast.AugAssign, suffix: str) -> ast.AST:
         self.generic_visit(node)
         new = BINARY.get(type(node.op))
-        if new and self._site(node, f"{_name(node.op)} -> {new.__name__}"):
+        if new and self._site(node, f"{_name(node.op)}{suffix} -> {new.__name__}{suffix}"):
             node.op = new()
         return node
 
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        return self._swap_operator(node, "")
+
     def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST:
-        self.generic_visit(node)
-        new = BINARY.get(type(node.op))
-        if new and self._site(node, f"{_name(node.op)}= -> {new.__name__}="):
-            node.op = new()
-        return node
+        return self._swap_operator(node, "=")
 
     def visit_Compare(self, node: ast.Compare) -> ast.AST:
         self.generic_visit(node)
