@@ -253,9 +253,13 @@ def test_reference_keypoints_follow_evalprotopnets_integer_arithmetic():
     ]  # int(224 * (99 / 100)), int(224 * (10 / 300))
 
 
-def reference_first_peak(activation: np.ndarray, size: int) -> tuple[int, int]:
-    """EvalProtoPNet, written out: cv2.resize(INTER_CUBIC), then the first of np.where(a == a.max())."""
-    up = cv2.resize(activation, dsize=(size, size), interpolation=cv2.INTER_CUBIC)
+def reference_first_peak(
+    activation: np.ndarray, size: int, width: int | None = None
+) -> tuple[int, int]:
+    """EvalProtoPNet, written out: cv2.resize(INTER_CUBIC) to size x size (or size x width), then
+    the first of np.where(a == a.max())."""
+    dsize = (width or size, size)  # OpenCV takes (width, height)
+    up = cv2.resize(activation, dsize=dsize, interpolation=cv2.INTER_CUBIC)
     ys, xs = np.where(up == up.max())
     return int(ys[0]), int(xs[0])
 
@@ -289,9 +293,8 @@ def test_the_protocol_decides_which_peak_a_tie_gives():
     assert reference[0, 0].tolist() == [True, False] and scaled[0, 0].tolist() == [False, True]
     # a wide input: OpenCV takes (width, height)
     wide = torch.rand(1, 1, 5, 9, generator=torch.Generator().manual_seed(0))
-    up = cv2.resize(wide[0, 0].numpy(), dsize=(90, 50), interpolation=cv2.INTER_CUBIC)
-    ys, xs = np.where(up == up.max())
-    assert reference_peak_pixels(wide, (50, 90))[0, 0].tolist() == [ys[0], xs[0]]
+    peak = reference_peak_pixels(wide, (50, 90))[0, 0]
+    assert tuple(peak.tolist()) == reference_first_peak(wide[0, 0].numpy(), 50, width=90)
 
 
 def test_region_is_clipped_to_a_wide_images_own_height_and_width():
