@@ -10,13 +10,17 @@ from proto_lightning.models import BlackBoxNet
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
 from proto_lightning.prototypes import decomposition
 from proto_lightning.prototypes.decomposition import (
+    OBJECTIVES,
     HeatmapCosine,
     NMFSettings,
+    NormalisedHeatmaps,
     RefinementSettings,
     decompose_head,
     full_beta,
     least_squares_alpha,
     refine_beta,
+    refine_split,
+    residual_split,
 )
 from proto_lightning.prototypes.features import FeatureStore
 from proto_lightning.prototypes.nmf import nmf
@@ -42,13 +46,15 @@ def random_store(
     )
 
 
-def test_random_resnet18_head_is_reconstructed_exactly():
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_random_resnet18_head_is_reconstructed_exactly(objective):
     torch.manual_seed(0)
     net = BlackBoxNet("resnet18", num_classes=10).eval()
     V, b = net.head.weight.detach(), net.head.bias.detach()  # (10, 512)
     store = random_store(10, 512)
     k = 3  # k << D: least squares alone leaves a large residual
-    result = decompose_head(store, V, k, NMFSettings(max_iter=50, classes_per_batch=4))
+    settings = NMFSettings(max_iter=50, classes_per_batch=4)
+    result = decompose_head(store, V, k, settings, RefinementSettings(objective=objective))
     assert (result.residual_norm / V.norm(dim=1) > 0.5).all()
     assert result.relative_head_error(V) < 1e-6
     assert torch.allclose(result.beta.sum(1), torch.ones(10), atol=1e-6)
@@ -180,3 +186,107 @@ def test_library_settings_are_the_configured_defaults():
     model = compose_config("decompose", ["data.root=unused", "blackbox_ckpt=x.ckpt"]).model
     assert OmegaConf.to_container(model.nmf) == asdict(NMFSettings())
     assert OmegaConf.to_container(model.refinement) == asdict(RefinementSettings())
+
+
+def paper_objective_by_hand(F, hw, P, r):
+    """mean over images and i of ||Norm(F_img p_i) - Norm(F_img r_i)||^2, one image at a time."""
+
+    def norm(h):
+        return h / h.norm() if h.norm() > 0 else h
+
+    terms = [
+        float((norm(image @ p) - norm(image @ ri)).pow(2).sum())
+        for image in F.double().split(hw)
+        for p, ri in zip(P.double(), r.double(), strict=True)
+    ]
+    return sum(terms) / len(terms)
+
+
+def test_residual_split_by_hand():
+    """r_i = beta_i (R - sum_j m_j) + m_i with m_j = s_j ||R|| p_j / ||p_j||, worked out on paper."""
+    P = torch.tensor([[3.0, 0, 0], [0, 0, 2.0], [0, 0, 0]]).double()  # the third base is dead
+    R = torch.tensor([0.0, 3, 4]).double()  # ||R|| = 5: m = (1, 0, 0), (0, 0, -2), 0
+    beta, shift = torch.tensor([0.25, 0.5, 0.25]).double(), torch.tensor([0.2, -0.4, 0.9]).double()
+    r = residual_split(beta, shift, P, R)
+    # R - sum m = (-1, 3, 6)
+    expected = [[0.75, 0.75, 1.5], [-0.5, 1.5, 1.0], [-0.25, 0.75, 1.5]]
+    assert torch.allclose(r, torch.tensor(expected).double())
+    assert torch.allclose(r.sum(0), R)
+    plain = residual_split(beta, torch.zeros(3).double(), P, R)
+    assert torch.equal(plain, beta[:, None] * R)  # s = 0: the plain split, bit for bit
+
+
+def test_paper_objective_by_hand():
+    """Per-image L2 normalisation over the H W patches; an all-zero image's heatmaps count as zero."""
+    torch.manual_seed(5)
+    hw, D = 4, 6
+    F = torch.rand(3 * hw, D)
+    F[hw : 2 * hw] = 0  # the second image has no activation at all
+    P, R = torch.rand(3, D), torch.randn(D)
+    beta, shift = np.array([0.5, 0.2, 0.3]), np.array([0.3, -0.6, 0.1])
+    r = residual_split(torch.from_numpy(beta), torch.from_numpy(shift), P.double(), R.double())
+    value = NormalisedHeatmaps(F, hw, P, R)(beta, shift)
+    assert np.isclose(value, paper_objective_by_hand(F, hw, P, r))
+    # the zero image contributes ||0 - 0||^2 = 0 to each of its k terms
+    assert np.isclose(
+        value * 9, paper_objective_by_hand(F[[*range(4), *range(8, 12)]], hw, P, r) * 6
+    )
+
+
+def test_paper_objective_is_blind_to_beta_without_the_shift():
+    """Under r_i = beta_i R alone, Norm(F beta_i R) = sign(beta_i) Norm(F R): J is the same at every
+    point of the simplex, so Nelder-Mead over beta alone could not move; only a sign changes it."""
+    torch.manual_seed(6)
+    objective = NormalisedHeatmaps(torch.rand(5 * 9, 8), 9, torch.rand(3, 8), torch.randn(8))
+    still = np.zeros(3)
+    even = objective(np.full(3, 1 / 3), still)
+    for beta in np.random.default_rng(0).dirichlet(np.ones(3), size=5):
+        assert np.isclose(objective(beta, still), even, rtol=0, atol=1e-12)
+    assert not np.isclose(objective(np.array([1.5, -0.2, -0.3]), still), even)
+    assert not np.isclose(objective(np.full(3, 1 / 3), np.array([0.5, 0.0, 0.0])), even)
+
+
+def test_paper_refinement_is_exact_bounded_and_reports_its_objective():
+    store = random_store(4, 64, seed=2)
+    V = torch.randn(4, 64, generator=torch.Generator().manual_seed(2))
+    settings = RefinementSettings(objective="paper", shift_bound=0.5)
+    result = decompose_head(store, V, 3, NMFSettings(max_iter=30), settings)
+    assert result.relative_head_error(V) < 1e-6
+    assert (result.beta >= 0).all() and torch.allclose(result.beta.sum(1), torch.ones(4))
+    assert (result.shift.abs() <= 0.5 + 1e-9).all() and (result.shift != 0).any()
+    assert (result.objective_refined < result.objective_even).all()
+    hw = 49
+    for c in range(4):
+        F = torch.from_numpy(store.class_slice(c))
+        P, alpha = result.bases[c].double(), result.alpha[c, :, None].double()
+        R = V[c].double() - (alpha * P).sum(0)
+        # r from the stored (beta, s); a share beta_i near 0 leaves r_i too small to recover from p~
+        r = residual_split(result.beta[c].double(), result.shift[c].double(), P, R)
+        assert torch.allclose(alpha * P + r, result.prototypes[c].double(), atol=1e-5)
+        reference = paper_objective_by_hand(F, hw, P, r)
+        assert np.isclose(float(result.objective_refined[c]), reference, atol=1e-5)
+        even = paper_objective_by_hand(F, hw, P, R.expand(3, -1) / 3)
+        assert np.isclose(float(result.objective_even[c]), even, atol=1e-6)
+
+
+@pytest.mark.parametrize("constraint", ["simplex", "sum_to_one"])
+def test_paper_search_starts_at_the_even_split_within_the_bounds(constraint, monkeypatch):
+    """2k - 1 free variables: beta's k - 1 (as for heatmap_cosine), then s_1..s_k from 0 within +-shift_bound."""
+    seen = {}
+
+    def spy(fun, x0, **kwargs):
+        seen.update(x0=x0, bounds=kwargs["bounds"])
+        return minimize(fun, x0, **kwargs)
+
+    monkeypatch.setattr(decomposition, "minimize", spy)
+    torch.manual_seed(0)
+    objective = NormalisedHeatmaps(torch.rand(4 * 9, 6), 9, torch.rand(3, 6), torch.randn(6))
+    settings = RefinementSettings(
+        objective="paper", constraint=constraint, beta_bound=0.7, shift_bound=0.4
+    )
+    beta, shift = refine_split(objective, 3, settings)
+    assert np.allclose(full_beta(seen["x0"][:2], constraint), [1 / 3] * 3)
+    assert np.array_equal(seen["x0"][2:], np.zeros(3))
+    beta_bounds = (None, None) if constraint == "simplex" else (-0.7, 0.7)
+    assert seen["bounds"] == [beta_bounds] * 2 + [(-0.4, 0.4)] * 3
+    assert np.isclose(beta.sum(), 1) and (np.abs(shift) <= 0.4).all()

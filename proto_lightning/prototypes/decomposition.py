@@ -19,6 +19,16 @@ signs and the prototypes blow up. Constraints (config `refinement.constraint`):
 Both are built into the parametrisation, so Nelder-Mead (scipy) runs on free variables starting at
 the even split beta_i = 1/k, and the best point it returns is never worse than that start.
 `objective=even` skips the optimisation.
+
+`paper` is step 3 as the authors describe it (HKUST SMART Lab post of 2024-06-08 on the ICML paper):
+split R into r_1..r_k with sum_i r_i = R minimising sum_i ||Norm(F p_i) - Norm(F r_i)||^2, Norm the L2
+normalisation of a heatmap over one image's H W patches. Under r_i = beta_i R that objective is
+degenerate: Norm(F beta_i R) = sign(beta_i) Norm(F R), so J only sees the signs of beta (constant on
+the whole simplex). We therefore let each r_i also move along its own base direction:
+    r_i = beta_i (R - sum_j m_j) + m_i,   m_j = s_j ||R|| p_j / ||p_j||,   |s_j| <= `shift_bound`,
+so sum_i r_i = R for every (beta, s) (sum_i beta_i = 1), s = 0 is the plain split r_i = beta_i R
+(the even start), and the 2k - 1 free variables keep Nelder-Mead cheap. The shift is bounded in
+units of ||R||, since J is scale-free and would otherwise reward |s_i| -> infinity.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ from proto_lightning.prototypes.nmf import nmf
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("heatmap_cosine", "even")
+OBJECTIVES = ("heatmap_cosine", "even", "paper")
 
 
 @dataclass
@@ -47,6 +57,7 @@ class HeadDecomposition:
     bases: torch.Tensor  # (C, k, D) NMF part bases P
     alpha: torch.Tensor  # (C, k)
     beta: torch.Tensor  # (C, k), rows sum to 1
+    shift: torch.Tensor  # (C, k) s, moves along the bases (objective `paper`; 0 otherwise)
     residual_norm: torch.Tensor  # (C,) ||v_c - sum_i alpha_i p_i|| before refinement
     objective_even: torch.Tensor  # (C,) J at beta = 1/k
     objective_refined: torch.Tensor  # (C,) J at the chosen beta
@@ -115,6 +126,54 @@ class HeatmapCosine:
         return float(np.mean(1.0 - dot / (norm * np.maximum(self.EE, 1e-300))))
 
 
+def unit_rows(P: torch.Tensor) -> torch.Tensor:
+    """P (..., k, D) with each row divided by its L2 norm; a zero row (a dead NMF base) stays zero."""
+    norms = P.norm(dim=-1, keepdim=True)  # (..., k, 1)
+    return torch.where(norms > 0, P / norms.clamp_min(1e-300), torch.zeros_like(P))
+
+
+def residual_split(
+    beta: torch.Tensor, shift: torch.Tensor, P: torch.Tensor, R: torch.Tensor
+) -> torch.Tensor:
+    """r (..., k, D), r_i = beta_i (R - sum_j m_j) + m_i, m_j = s_j ||R|| p_j / ||p_j||; sum_i r_i = R.
+
+    beta, shift (..., k); P (..., k, D) the bases; R (..., D) the residual. s = 0 gives beta_i R.
+    """
+    scale = R.norm(dim=-1)[..., None, None]  # (..., 1, 1) ||R||
+    moved = shift.unsqueeze(-1) * scale * unit_rows(P)  # (..., k, D) m_j
+    return beta.unsqueeze(-1) * (R.unsqueeze(-2) - moved.sum(-2, keepdim=True)) + moved
+
+
+class NormalisedHeatmaps:
+    """J(beta, s) = mean over images and i of ||Norm(F p_i) - Norm(F r_i)||^2 (the `paper` objective).
+
+    Norm divides a heatmap by its L2 norm over one image's H W patches (a zero heatmap stays zero).
+    F r_i combines the k + 1 maps of B = (R, ||R|| p_1 / ||p_1||, ..) with the weights
+    W_i = (beta_i, s_i e_i - beta_i s) of `residual_split`, so those maps and the normalised targets
+    are computed once and one evaluation is a (n H W, k + 1) x (k + 1, k) product.
+    """
+
+    def __init__(
+        self, F: torch.Tensor, patches_per_image: int, P: torch.Tensor, R: torch.Tensor
+    ) -> None:
+        F, P, R = F.double(), P.double(), R.double()
+        n = F.shape[0] // patches_per_image
+        B = torch.cat([R[None], R.norm() * unit_rows(P)])  # (k + 1, D)
+        self.maps = (F @ B.T).reshape(n, patches_per_image, -1).numpy()  # (n, HW, k + 1)
+        self.targets = normalise((F @ P.T).reshape(n, patches_per_image, -1).numpy())  # (n, HW, k)
+
+    def __call__(self, beta: np.ndarray, shift: np.ndarray) -> float:
+        W = np.concatenate([beta[:, None], np.diag(shift) - np.outer(beta, shift)], 1)  # (k, k + 1)
+        heatmaps = normalise(self.maps @ W.T)  # (n, HW, k) Norm(F r_i)
+        return float(((self.targets - heatmaps) ** 2).sum(1).mean())
+
+
+def normalise(heatmaps: np.ndarray) -> np.ndarray:
+    """Heatmaps (n, HW, k), each divided by its L2 norm over one image's HW patches (zero stays zero)."""
+    norms = np.linalg.norm(heatmaps, axis=1, keepdims=True)  # (n, 1, k)
+    return heatmaps / np.where(norms > 0, norms, 1.0)
+
+
 CONSTRAINTS = ("simplex", "sum_to_one")
 
 
@@ -129,11 +188,12 @@ class NMFSettings:
 
 @dataclass(frozen=True)
 class RefinementSettings:
-    """Distribution of the residual (`model.refinement`): objective, constraint, Nelder-Mead's budget."""
+    """Distribution of the residual (`model.refinement`): objective, constraint, bounds, Nelder-Mead's budget."""
 
     objective: str = "heatmap_cosine"
     constraint: str = "simplex"
     beta_bound: float = 1.0
+    shift_bound: float = 1.0
     max_iter: int = 2000
     tol: float = 1e-8
 
@@ -165,15 +225,45 @@ def refine_beta(objective: HeatmapCosine, k: int, settings: RefinementSettings) 
     constraint, bound = settings.constraint, settings.beta_bound
     start = np.zeros(k - 1) if constraint == "simplex" else even[:-1]
     bounds = None if constraint == "simplex" else [(-bound, bound)] * (k - 1)
-    result = minimize(
-        lambda free: objective(full_beta(free, constraint)),
+    result = _nelder_mead(
+        lambda free: objective(full_beta(free, constraint)), start, bounds, settings
+    )
+    beta = full_beta(result, constraint)
+    return beta if objective(beta) <= objective(even) else even
+
+
+def refine_split(
+    objective: NormalisedHeatmaps, k: int, settings: RefinementSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """(beta, s) by Nelder-Mead over the 2k - 1 free variables from (1/k, 0); never worse than it."""
+    even, still = np.full(k, 1.0 / k), np.zeros(k)
+    if k == 1:
+        return even, still
+    constraint = settings.constraint
+    beta_start = np.zeros(k - 1) if constraint == "simplex" else even[:-1]
+    beta_bounds = (
+        (None, None) if constraint == "simplex" else (-settings.beta_bound, settings.beta_bound)
+    )
+    bounds = [beta_bounds] * (k - 1) + [(-settings.shift_bound, settings.shift_bound)] * k
+    result = _nelder_mead(
+        lambda free: objective(full_beta(free[: k - 1], constraint), free[k - 1 :]),
+        np.concatenate([beta_start, still]),
+        bounds,
+        settings,
+    )
+    beta, shift = full_beta(result[: k - 1], constraint), result[k - 1 :]
+    return (beta, shift) if objective(beta, shift) <= objective(even, still) else (even, still)
+
+
+def _nelder_mead(fun, start: np.ndarray, bounds, settings: RefinementSettings) -> np.ndarray:
+    """scipy's Nelder-Mead from `start` within `bounds` (None: unbounded), with the configured budget."""
+    return minimize(
+        fun,
         start,
         method="Nelder-Mead",
         bounds=bounds,
         options={"maxiter": settings.max_iter, "xatol": settings.tol, "fatol": settings.tol},
-    )
-    beta = full_beta(result.x, constraint)
-    return beta if objective(beta) <= objective(even) else even
+    ).x
 
 
 def decompose_head(
@@ -222,36 +312,58 @@ def _decompose_batch(
     V_b = V[list(classes)].to(device)
     alpha = least_squares_alpha(found.P, V_b)  # (C_b, k) float64
     residual = V_b.double() - (alpha.unsqueeze(-1) * found.P.double()).sum(1)  # (C_b, D)
-    beta, even, refined = [], [], []
+    hw = store.map_size[0] * store.map_size[1]
+    beta, shift, even, refined = [], [], [], []
     for i, c in enumerate(classes):
         n = len(slices[i])
-        objective = HeatmapCosine(
+        b, m, j_even, j_refined = _refine_class(
             F[i, :n].cpu(),
             found.E[i, :n].cpu(),
             found.P[i].cpu(),
             alpha[i].cpu(),
             residual[i].cpu(),
+            hw,
+            k,
+            refinement,
         )
-        beta.append(torch.from_numpy(refine_beta(objective, k, refinement)))
-        even.append(objective(np.full(k, 1.0 / k)))
-        refined.append(objective(beta[-1].numpy()))
+        beta.append(b), shift.append(m), even.append(j_even), refined.append(j_refined)
         log.debug(
-            "class %d: residual %.4g, J even %.4f -> %.4f",
-            c,
-            residual[i].norm(),
-            even[-1],
-            refined[-1],
+            "class %d: residual %.4g, J even %.4f -> %.4f", c, residual[i].norm(), j_even, j_refined
         )
     P, alpha, residual = found.P.cpu().double(), alpha.cpu(), residual.cpu()
-    beta = torch.stack(beta)  # (C_b, k)
-    prototypes = alpha.unsqueeze(-1) * P + beta.unsqueeze(-1) * residual.unsqueeze(1)  # (C_b, k, D)
+    beta, shift = torch.stack(beta), torch.stack(shift)  # (C_b, k)
+    prototypes = alpha.unsqueeze(-1) * P + residual_split(beta, shift, P, residual)  # (C_b, k, D)
     return HeadDecomposition(
         prototypes=prototypes.float(),
         bases=P.float(),
         alpha=alpha.float(),
         beta=beta.float(),
+        shift=shift.float(),
         residual_norm=residual.norm(dim=1).float(),
         objective_even=torch.tensor(even),
         objective_refined=torch.tensor(refined),
         nmf_objective=found.objective.cpu().float(),
     )
+
+
+def _refine_class(
+    F: torch.Tensor,
+    E: torch.Tensor,
+    P: torch.Tensor,
+    alpha: torch.Tensor,
+    R: torch.Tensor,
+    patches_per_image: int,
+    k: int,
+    settings: RefinementSettings,
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """One class's (beta, s) (k,) float64 and its objective at the even split and at the result."""
+    even, still = np.full(k, 1.0 / k), np.zeros(k)
+    if settings.objective == "paper":
+        paper = NormalisedHeatmaps(F, patches_per_image, P, R)
+        beta, shift = refine_split(paper, k, settings)
+        scores = paper(even, still), paper(beta, shift)
+    else:
+        cosine = HeatmapCosine(F, E, P, alpha, R)
+        beta, shift = refine_beta(cosine, k, settings), still
+        scores = cosine(even), cosine(beta)
+    return torch.from_numpy(beta), torch.from_numpy(shift), *scores

@@ -309,6 +309,7 @@ def build_network(
         "bases": decomposition.bases,
         "alpha": decomposition.alpha,
         "beta": decomposition.beta,
+        "shift": decomposition.shift,
         "residual_norm": decomposition.residual_norm,
         "objective_even": decomposition.objective_even,
         "objective_refined": decomposition.objective_refined,
