@@ -9,9 +9,11 @@ the command for rank 1 and joins a gloo group; under `trainer=ddp` / torchrun / 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields, is_dataclass
 from typing import Any
 
 import numpy as np
+import torch
 import torch.distributed as dist
 from lightning.fabric import Fabric
 from lightning.fabric.strategies import DDPStrategy
@@ -54,3 +56,26 @@ def barrier() -> None:
     """Wait for every rank (no-op without a process group)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def _joined(pieces: list) -> np.ndarray | torch.Tensor:
+    """Every rank's per-image values, concatenated in rank order (= image order)."""
+    if isinstance(pieces[0], torch.Tensor):
+        return torch.cat(pieces)
+    return np.concatenate(pieces)
+
+
+def gather_images(local: object) -> object:
+    """Join a per-image result (array, tensor, or a tuple / dataclass of them) across ranks; a rank
+    whose share of the images is empty passes None (every rank must call this the same times)."""
+    pieces = [p for p in gather_objects(local) if p is not None]
+    first = pieces[0]  # rank 0 always has a share
+    if len(pieces) == 1:
+        return first
+    if isinstance(first, tuple):
+        return tuple(_joined([p[i] for p in pieces]) for i in range(len(first)))
+    if is_dataclass(first):
+        return type(first)(
+            **{f.name: _joined([getattr(p, f.name) for p in pieces]) for f in fields(first)}
+        )
+    return _joined(pieces)

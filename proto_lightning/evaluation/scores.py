@@ -12,7 +12,13 @@ import torch
 from proto_lightning.evaluation.progress import Progress
 from proto_lightning.explainers.base import Explainer, PrototypeExplainer
 from proto_lightning.metrics.faithfulness import area_under_curve, causal_curves, step_counts
-from proto_lightning.metrics.part_consistency import covered_parts, perturb, visible_parts
+from proto_lightning.metrics.part_consistency import (
+    consistency,
+    covered_parts,
+    perturb,
+    stability,
+    visible_parts,
+)
 
 
 @torch.no_grad()
@@ -44,6 +50,24 @@ def explain_timed(
         seconds += [elapsed / len(maps)] * len(maps)
         progress.advance(len(maps))
     return torch.cat(heatmaps), np.asarray(seconds)
+
+
+def faithfulness_subset(num_images: int, wanted: int | None, seed: int) -> np.ndarray:
+    """A seeded random subset of test images (sorted) for the per-image heatmap metrics; all when None."""
+    if wanted is None or wanted >= num_images:
+        return np.arange(num_images)
+    return np.sort(np.random.default_rng(seed).choice(num_images, size=wanted, replace=False))
+
+
+def explain_and_measure(
+    explainer: Explainer, images: torch.Tensor, settings: Mapping
+) -> tuple[torch.Tensor, np.ndarray, Faithfulness]:
+    """Heatmaps (N, H, W) of the explained model's predicted classes, seconds per image (N,), and
+    their deletion/insertion curves."""
+    with torch.no_grad():
+        targets = explainer.classifier(images).argmax(1)  # RISE explains the predicted class
+    maps, seconds = explain_timed(explainer, images, targets, settings.batch_size)
+    return maps, seconds, faithfulness(explainer, images, maps, targets, settings.faithfulness)
 
 
 @dataclass
@@ -104,6 +128,27 @@ class PartCoverage:
     covered_noisy: torch.Tensor  # (N, k, P) bool, images with the reference noise
     visible: torch.Tensor  # (N, P) bool
     labels: torch.Tensor  # (N,)
+
+    def select(self, idx: np.ndarray) -> PartCoverage:
+        """The coverage of some images (a bootstrap resample)."""
+        return PartCoverage(
+            self.covered[idx], self.covered_noisy[idx], self.visible[idx], self.labels[idx]
+        )
+
+
+def consistency_score(coverage: PartCoverage, num_classes: int, threshold: float) -> float:
+    """Mean consistency over the classes' prototypes (EvalProtoPNet's evaluate_consistency)."""
+    c = consistency(
+        coverage.covered, coverage.visible, coverage.labels, num_classes, threshold
+    )  # (C, k)
+    return float(c.float().mean())
+
+
+def stability_score(coverage: PartCoverage, num_classes: int) -> float:
+    """Mean stability over the prototypes of classes with an image (EvalProtoPNet's evaluate_stability)."""
+    return float(
+        stability(coverage.covered, coverage.covered_noisy, coverage.labels, num_classes).nanmean()
+    )
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from proto_lightning.config import resolved_container
-from proto_lightning.distributed import barrier, contiguous_share, gather_objects, launch
+from proto_lightning.distributed import barrier, contiguous_share, gather_images, launch
 from proto_lightning.errors import ConfigValueError
 from proto_lightning.evaluation.artifacts import Models, load_models, locate
 from proto_lightning.evaluation.drawing import draw_prototype_grid, nearest_patch_image, to_uint8
@@ -23,10 +23,12 @@ from proto_lightning.evaluation.methods import ROW_NAMES, build_explainers
 from proto_lightning.evaluation.scores import (
     Faithfulness,
     PartCoverage,
-    explain_timed,
-    faithfulness,
+    consistency_score,
+    explain_and_measure,
+    faithfulness_subset,
     part_coverage,
     predict,
+    stability_score,
 )
 from proto_lightning.evaluation.table import ResultRow, columns, write_csv, write_markdown
 from proto_lightning.explainers import (
@@ -36,12 +38,7 @@ from proto_lightning.explainers import (
     PrototypeExplainer,
 )
 from proto_lightning.metrics.bootstrap import Estimate, bootstrap_estimate, mean_estimate
-from proto_lightning.metrics.part_consistency import (
-    PROTOCOLS,
-    consistency,
-    region_half_size,
-    stability,
-)
+from proto_lightning.metrics.part_consistency import PROTOCOLS, region_half_size
 from proto_lightning.prototypes.boxes import high_activation_box
 from proto_lightning.stages.common import (
     StageResult,
@@ -68,27 +65,14 @@ def part_scores(
     coverage: PartCoverage, num_classes: int, threshold: float, boot: dict
 ) -> dict[str, Estimate]:
     """Consistency and stability with their intervals over resampled test images."""
-
-    def consistent(idx: np.ndarray) -> float:
-        c = consistency(
-            coverage.covered[idx],
-            coverage.visible[idx],
-            coverage.labels[idx],
-            num_classes,
-            threshold,
-        )
-        return float(c.float().mean())
-
-    def stable(idx: np.ndarray) -> float:
-        s = stability(
-            coverage.covered[idx], coverage.covered_noisy[idx], coverage.labels[idx], num_classes
-        )
-        return float(s.nanmean())
-
     n = len(coverage.labels)
     return {
-        "consistency": bootstrap_estimate(consistent, n, **boot),
-        "stability": bootstrap_estimate(stable, n, **boot),
+        "consistency": bootstrap_estimate(
+            lambda idx: consistency_score(coverage.select(idx), num_classes, threshold), n, **boot
+        ),
+        "stability": bootstrap_estimate(
+            lambda idx: stability_score(coverage.select(idx), num_classes), n, **boot
+        ),
     }
 
 
@@ -129,47 +113,6 @@ def posthoc_terms(
         caption = f"p{i}: {float(explanation.contributions[rank]):+.2f} to logit"
         out.append(PrototypeTerm(explanation.upsampled[rank].numpy(), None, patch, caption))
     return out
-
-
-def faithfulness_subset(num_images: int, wanted: int | None, seed: int) -> np.ndarray:
-    """A seeded random subset of test images (sorted) for the per-image heatmap metrics; all when None."""
-    if wanted is None or wanted >= num_images:
-        return np.arange(num_images)
-    return np.sort(np.random.default_rng(seed).choice(num_images, size=wanted, replace=False))
-
-
-def _joined(pieces: list) -> np.ndarray | torch.Tensor:
-    """Every rank's per-image values, concatenated in rank order (= image order)."""
-    if isinstance(pieces[0], torch.Tensor):
-        return torch.cat(pieces)
-    return np.concatenate(pieces)
-
-
-def gather_images(local: object) -> object:
-    """Join a per-image result (array, tensor, or a tuple / dataclass of them) across ranks; a rank
-    whose share of the images is empty passes None (every rank must call this the same times)."""
-    pieces = [p for p in gather_objects(local) if p is not None]
-    first = pieces[0]  # rank 0 always has a share
-    if len(pieces) == 1:
-        return first
-    if isinstance(first, tuple):
-        return tuple(_joined([p[i] for p in pieces]) for i in range(len(first)))
-    if is_dataclass(first):
-        return type(first)(
-            **{f.name: _joined([getattr(p, f.name) for p in pieces]) for f in fields(first)}
-        )
-    return _joined(pieces)
-
-
-def explain_and_measure(
-    explainer: Explainer, images: torch.Tensor, settings: DictConfig
-) -> tuple[torch.Tensor, np.ndarray, Faithfulness]:
-    """Heatmaps (N, H, W) of the explained model's predicted classes, seconds per image (N,), and
-    their deletion/insertion curves."""
-    with torch.no_grad():
-        targets = explainer.classifier(images).argmax(1)  # RISE explains the predicted class
-    maps, seconds = explain_timed(explainer, images, targets, settings.batch_size)
-    return maps, seconds, faithfulness(explainer, images, maps, targets, settings.faithfulness)
 
 
 @dataclass
