@@ -66,8 +66,8 @@ def explain_and_measure(
     their deletion/insertion curves."""
     with torch.no_grad():
         targets = explainer.classifier(images).argmax(1)  # RISE explains the predicted class
-    maps, seconds = explain_timed(explainer, images, targets, settings.batch_size)
-    return maps, seconds, faithfulness(explainer, images, maps, targets, settings.faithfulness)
+    maps, seconds = explain_timed(explainer, images, targets, settings["batch_size"])
+    return maps, seconds, faithfulness(explainer, images, maps, targets, settings["faithfulness"])
 
 
 @dataclass
@@ -149,6 +149,11 @@ def stability_score(coverage: PartCoverage, num_classes: int) -> float:
     return float(
         stability(coverage.covered, coverage.covered_noisy, coverage.labels, num_classes).nanmean()
     )
+
+
+def reference_keypoints_of(dataset) -> Callable[[Mapping], torch.Tensor]:
+    """A batch's keypoints (B, P, 4) placed by EvalProtoPNet's arithmetic (`protocol=reference`)."""
+    return lambda batch: torch.stack([dataset.reference_keypoints(int(r)) for r in batch["row"]])
 
 
 @torch.no_grad()

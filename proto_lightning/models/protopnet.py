@@ -460,6 +460,8 @@ class ProtoPNet(L.LightningModule):
         """
         attached = self._trainer is not None
         datamodule = datamodule or self.trainer.datamodule
+        if attached:
+            self._notify_push("on_push_start")
         was_training = self.training
         self.eval()
         log_accuracy = self.push_settings["log_test_accuracy"] and attached
@@ -498,7 +500,16 @@ class ProtoPNet(L.LightningModule):
                 before,
                 after,
             )
+        if attached:
+            self._notify_push("on_push_end")
         return found
+
+    def _notify_push(self, hook: str) -> None:
+        """Call `hook` (on_push_start | on_push_end) of the trainer's callbacks that define it."""
+        for callback in self.trainer.callbacks:
+            method = getattr(callback, hook, None)
+            if method is not None:
+                method(self.trainer, self)
 
     def _boxes(self, found: Projection, datamodule) -> dict[str, torch.Tensor]:
         """Receptive-field and high-activation boxes of the pushed patches, as tensors (checkpoints

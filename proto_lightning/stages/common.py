@@ -24,8 +24,9 @@ from proto_lightning.models.files import read_torch_file
 
 log = logging.getLogger(__name__)
 
-# metrics of the fit worth reporting with a stage's result: epoch times, accuracy around a push
-FIT_METRIC_PREFIXES = ("time/", "push/", "val/acc")
+# metrics of the fit worth reporting with a stage's result: epoch times, the last validation
+# (accuracy, the faithfulness callback's metrics), accuracy and faithfulness around a push
+FIT_METRIC_PREFIXES = ("time/", "push/", "val/")
 
 
 @dataclass
@@ -144,7 +145,7 @@ def fit_and_test(
             verbose=False,
             weights_only=True,
         )
-        result.metrics["test/acc"] = float(metrics[0]["test/acc"])
+        result.metrics.update({k: float(v) for k, v in metrics[0].items()})
     result.artifacts.update(logs_location(trainer))
     return result
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from proto_lightning.callbacks.faithfulness import METRICS as FAITHFULNESS_METRICS
 from proto_lightning.config import resolved_container
 from proto_lightning.distributed import barrier, contiguous_share, gather_objects, launch
 from proto_lightning.errors import DatasetLayoutError, IncompatibleWeightsError
@@ -445,6 +446,9 @@ DECOMPOSE_METRICS = {
 
 def reported_metrics(cfg: DictConfig) -> set[str]:
     """Every metric name the stage reports with this config, known before it runs (see `objective`)."""
-    if not cfg.get("evaluate_after", False):
-        return set(DECOMPOSE_METRICS)
-    return DECOMPOSE_METRICS | metric_names(EVALUATED_METHODS)
+    reported = set(DECOMPOSE_METRICS)
+    if cfg.callbacks.get("faithfulness") is not None:
+        reported |= {f"test/{name}" for name in FAITHFULNESS_METRICS}
+    if cfg.get("evaluate_after", False):
+        reported |= metric_names(EVALUATED_METHODS)
+    return reported

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -28,6 +28,7 @@ from proto_lightning.evaluation.scores import (
     faithfulness_subset,
     part_coverage,
     predict,
+    reference_keypoints_of,
     stability_score,
 )
 from proto_lightning.evaluation.table import ResultRow, columns, write_csv, write_markdown
@@ -214,11 +215,6 @@ def require_protocol(protocol: str) -> None:
         raise ConfigValueError(
             f"evaluation.parts.protocol={protocol!r}: choose one of {', '.join(PROTOCOLS)}"
         )
-
-
-def reference_keypoints_of(test_set) -> Callable[[Mapping], torch.Tensor]:
-    """A batch's keypoints (B, P, 4) placed by EvalProtoPNet's arithmetic (`protocol=reference`)."""
-    return lambda batch: torch.stack([test_set.reference_keypoints(int(r)) for r in batch["row"]])
 
 
 def prototype_scores(
