@@ -26,6 +26,11 @@ TINY_DEMO = [
     "evaluation.lime.segments=10",
     "evaluation.bootstrap.resamples=50",
     "evaluation.figures.images=2",
+    # the faithfulness callbacks on evaluate's subset and steps: their test/ values equal its table's
+    "callbacks.faithfulness.images=6",
+    "callbacks.faithfulness.steps=8",
+    "decompose_callbacks.faithfulness.images=6",
+    "decompose_callbacks.faithfulness.steps=8",
 ]
 
 

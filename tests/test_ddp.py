@@ -88,3 +88,38 @@ def test_decompose_and_evaluate_on_three_gloo_processes_match_one(parts_root: Pa
                 row_one["method"],
                 key,
             )
+
+
+def test_faithfulness_callback_on_two_gloo_processes_logs_the_whole_subsets_value(
+    parts_root: Path, tmp_path: Path
+):
+    """3 images over 2 ranks (2 + 1): each rank explains its share, every rank logs the value over
+    all 3, equal to one process measuring the same checkpoint."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from proto_lightning.callbacks import FaithfulnessCallback
+    from proto_lightning.models import BlackBoxClassifier
+
+    run = tmp_path / "run"
+    overrides = [o for o in fast_overrides(parts_root, run) if not o.startswith("trainer=")]
+    run_cli(
+        "blackbox",
+        *overrides,
+        "trainer=ddp_cpu",
+        "callbacks.faithfulness.images=3",
+        "callbacks.faithfulness.steps=6",
+    )
+    with (run / "logs" / "metrics.csv").open() as f:
+        rows = [{k: v for k, v in r.items() if v} for r in csv.DictReader(f)]
+    cfg = OmegaConf.load(run / "config.yaml")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")  # the one epoch: validated and tested
+    module = BlackBoxClassifier.load_checkpoint(best)
+    callback = FaithfulnessCallback(cfg.evaluation, images=3, steps=6, seed=cfg.seed)
+    for split, dataset in (("val", datamodule.val_set), ("test", datamodule.test_set)):
+        one = callback.measure(module, datamodule, dataset)
+        (row,) = [r for r in rows if f"{split}/deletion_auc" in r]
+        for name in ("deletion_auc", "insertion_auc"):
+            assert float(row[f"{split}/{name}"]) == pytest.approx(one[name], abs=1e-6)
