@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ("projection.py", "faithfulness.py", "decompose_memory.py")
+SCRIPTS = ("projection.py", "faithfulness.py", "faithfulness_callback.py", "decompose_memory.py")
 
 
 def load(name: str):
