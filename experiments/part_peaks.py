@@ -10,7 +10,8 @@ import argparse
 import torch
 
 from proto_lightning.data import CUB200DataModule
-from proto_lightning.metrics.part_peaks import assign_parts, modal_part_share, peak_locations
+from proto_lightning.explainers import PostHocExplainer
+from proto_lightning.metrics.part_peaks import modal_part_share, prototype_peak_parts
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
 
 
@@ -32,19 +33,18 @@ def part_hits(
     model: PostHocPrototypeNetwork, datamodule: CUB200DataModule
 ) -> tuple[dict[tuple[int, int], torch.Tensor], float]:
     """Per (class, prototype), the true part (1-based; -1 none) its peak hits on each test image of
-    the class, within one feature cell; and that radius in pixels."""
-    radius = model.extras["image_size"] / model.extras["map_size"][0]  # one feature cell
+    the class (`prototype_peak_parts`, as `evaluate`'s true-part localisation); and the radius."""
+    explainer = PostHocExplainer(model)
     C, k = model.num_classes, model.prototypes_per_class
     parts = {(c, i): [] for c in range(C) for i in range(k)}
     for batch in datamodule.test_dataloader():
-        for c in batch["label"].unique().tolist():
-            mask = batch["label"] == c
-            explanations = model.explain(batch["image"][mask], target=c)
-            for e, keypoints in zip(explanations, batch["keypoints"][mask], strict=True):
-                peaks = peak_locations(e.upsampled)  # (k, 2), rank order
-                hit = assign_parts(peaks, keypoints.expand(k, -1, -1), radius)
-                for rank, i in enumerate(e.prototype_index.tolist()):
-                    parts[c, i].append(int(hit[rank]))
+        maps = explainer.prototype_maps(batch["image"], batch["label"])  # (B, k, h, w)
+        size = tuple(batch["image"].shape[-2:])
+        hits = prototype_peak_parts(maps, batch["keypoints"], size)  # (B, k)
+        for label, row in zip(batch["label"].tolist(), hits.tolist(), strict=True):
+            for i, part in enumerate(row):
+                parts[label, i].append(part)
+    radius = model.extras["image_size"] / model.extras["map_size"][1]  # one feature cell
     return {key: torch.tensor(hits) for key, hits in parts.items()}, radius
 
 

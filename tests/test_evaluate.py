@@ -56,6 +56,14 @@ def test_demo_table_has_every_method_and_metric(tiny_demo, stage_config):
         consistent = float(rows[method]["consistency"]) * float(rows[method]["prototypes"])
         assert consistent == pytest.approx(round(consistent), abs=1e-6)
     assert rows["Grad-CAM"]["consistency"] == "" and rows["black box"]["deletion_auc"] == ""
+    # true-part localisation: shares of (image, prototype) pairs and of (class, defining part) pairs
+    n_test = len(datamodule.test_set)
+    for method, k in (("Post-hoc PPN", 3), ("ProtoPNet", 2)):
+        on_part = float(rows[method]["part_localisation"]) * n_test * k
+        assert on_part == pytest.approx(round(on_part), abs=1e-6)
+        found = float(rows[method]["defining_parts"]) * 4 * 3  # 4 classes x head, wing, tail
+        assert found == pytest.approx(round(found), abs=1e-6)
+    assert rows["Grad-CAM"]["part_localisation"] == ""
     assert float(rows["LIME"]["seconds_per_image"]) > float(rows["Grad-CAM"]["seconds_per_image"])
     figures = run / "evaluate" / "figures"
     names = {p.name for p in figures.glob("*.png")}
@@ -138,6 +146,12 @@ def test_an_unknown_part_protocol_is_refused_before_any_work(stage_config, tmp_p
     with pytest.raises(ConfigValueError, match="reference, scaled"):
         run_evaluate(cfg)
     assert not Path(cfg.run_dir).exists()
+
+
+def test_an_unknown_defining_part_is_refused_naming_the_parts(stage_config):
+    cfg = stage_config("evaluate", "evaluation.parts.defining_parts=[head,crest]")
+    with pytest.raises(ConfigValueError, match=r"\['crest'\].*'beak', 'head'"):
+        run_evaluate(cfg)
 
 
 def test_results_md_names_the_part_protocol(tiny_demo):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from proto_lightning.metrics.part_consistency import (
     stability,
     visible_parts,
 )
+from proto_lightning.metrics.part_peaks import prototype_peak_parts
 
 
 @torch.no_grad()
@@ -122,18 +123,18 @@ def faithfulness(
 
 @dataclass
 class PartCoverage:
-    """For every test image and each of its true class's prototypes: the parts the region covers."""
+    """For every test image and each of its true class's prototypes: the parts the region covers,
+    and the true part its peak lands on."""
 
     covered: torch.Tensor  # (N, k, P) bool, clean images
     covered_noisy: torch.Tensor  # (N, k, P) bool, images with the reference noise
     visible: torch.Tensor  # (N, P) bool
     labels: torch.Tensor  # (N,)
+    peak_parts: torch.Tensor  # (N, k) part id of each clean map's peak (-1: none), true keypoints
 
     def select(self, idx: np.ndarray) -> PartCoverage:
         """The coverage of some images (a bootstrap resample)."""
-        return PartCoverage(
-            self.covered[idx], self.covered_noisy[idx], self.visible[idx], self.labels[idx]
-        )
+        return PartCoverage(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 
 
 def consistency_score(coverage: PartCoverage, num_classes: int, threshold: float) -> float:
@@ -169,7 +170,8 @@ def part_coverage(
     protocol: str = "scaled",
     keypoints_of: Callable[[Mapping], torch.Tensor] | None = None,
 ) -> PartCoverage:
-    """Covered parts of each prototype of the true class on clean and noisy test images (EvalProtoPNet).
+    """Covered parts of each prototype of the true class on clean and noisy test images (EvalProtoPNet),
+    and the true part each clean map's peak lands on (`metrics/part_peaks.py`).
 
     `keypoints_of(batch)` gives a batch's keypoints (B, P, 4), by default `batch["keypoints"]`;
     `protocol` is `part_consistency`'s (reference | scaled)."""
@@ -177,7 +179,7 @@ def part_coverage(
         len(loader.dataset) if hasattr(loader, "dataset") else sum(len(b["label"]) for b in loader)
     )
     progress = Progress(f"{explainer.name} part coverage", images)
-    covered, noisy, visible, labels = [], [], [], []
+    covered, noisy, visible, labels, peak_parts = [], [], [], [], []
     for batch in loader:
         images, classes = batch["image"].to(device), torch.as_tensor(batch["label"]).to(device)
         keypoints = (batch["keypoints"] if keypoints_of is None else keypoints_of(batch)).to(device)
@@ -185,10 +187,23 @@ def part_coverage(
         seeds = [
             seed * 1_000_003 + int(row) for row in batch["row"]
         ]  # per image: any batching agrees
-        for out, x in ((covered, images), (noisy, perturb(images, noise_std, noise_clip, seeds))):
-            maps = explainer.prototype_maps(x, classes)  # (B, k, h, w)
-            out.append(covered_parts(maps, keypoints, num_parts, size, half_size, protocol).cpu())
+        clean = explainer.prototype_maps(images, classes)  # (B, k, h, w)
+        noisy_maps = explainer.prototype_maps(
+            perturb(images, noise_std, noise_clip, seeds), classes
+        )
+        covered.append(covered_parts(clean, keypoints, num_parts, size, half_size, protocol).cpu())
+        noisy.append(
+            covered_parts(noisy_maps, keypoints, num_parts, size, half_size, protocol).cpu()
+        )
+        true_keypoints = batch["keypoints"].to(device)  # where the parts are in the input image
+        peak_parts.append(prototype_peak_parts(clean, true_keypoints, size).cpu())
         visible.append(visible_parts(keypoints, num_parts).cpu())
         labels.append(classes.cpu())
         progress.advance(len(classes))
-    return PartCoverage(torch.cat(covered), torch.cat(noisy), torch.cat(visible), torch.cat(labels))
+    return PartCoverage(
+        torch.cat(covered),
+        torch.cat(noisy),
+        torch.cat(visible),
+        torch.cat(labels),
+        torch.cat(peak_parts),
+    )

@@ -17,6 +17,8 @@ METRICS = {
     "insertion_auc": ("insertion AUC", "higher"),
     "consistency": ("consistency", "higher"),
     "stability": ("stability", "higher"),
+    "part_localisation": ("true-part localisation", "higher"),
+    "defining_parts": ("class-defining parts found", "higher"),
     "prototypes": ("prototypes", ""),
     "seconds_per_image": ("seconds per image to explain", "lower"),
 }

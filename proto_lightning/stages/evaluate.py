@@ -40,6 +40,7 @@ from proto_lightning.explainers import (
 )
 from proto_lightning.metrics.bootstrap import Estimate, bootstrap_estimate, mean_estimate
 from proto_lightning.metrics.part_consistency import PROTOCOLS, region_half_size
+from proto_lightning.metrics.part_peaks import defining_parts_found, on_part_share
 from proto_lightning.prototypes.boxes import high_activation_box
 from proto_lightning.stages.common import (
     StageResult,
@@ -63,18 +64,48 @@ def exact(value: float) -> Estimate:
 
 
 def part_scores(
-    coverage: PartCoverage, num_classes: int, threshold: float, boot: dict
+    coverage: PartCoverage,
+    num_classes: int,
+    threshold: float,
+    boot: dict,
+    defining: list[int] | None = None,
 ) -> dict[str, Estimate]:
-    """Consistency and stability with their intervals over resampled test images."""
+    """Consistency, stability and true-part localisation (and, given the class-defining part ids,
+    the share of them found) with their intervals over resampled test images."""
     n = len(coverage.labels)
-    return {
+    scores = {
         "consistency": bootstrap_estimate(
             lambda idx: consistency_score(coverage.select(idx), num_classes, threshold), n, **boot
         ),
         "stability": bootstrap_estimate(
             lambda idx: stability_score(coverage.select(idx), num_classes), n, **boot
         ),
+        "part_localisation": bootstrap_estimate(
+            lambda idx: on_part_share(coverage.peak_parts[idx]), n, **boot
+        ),
     }
+    if defining:
+        scores["defining_parts"] = bootstrap_estimate(
+            lambda idx: defining_parts_found(
+                coverage.peak_parts[idx], coverage.labels[idx], num_classes, defining
+            ),
+            n,
+            **boot,
+        )
+    return scores
+
+
+def defining_part_ids(names: list[str] | None, part_names: list[str]) -> list[int] | None:
+    """`evaluation.parts.defining_parts` as part ids (1-based, parts.txt order); an unknown name is
+    refused with the dataset's part names."""
+    if names is None:
+        return None
+    unknown = [name for name in names if name not in part_names]
+    if unknown:
+        raise ConfigValueError(
+            f"evaluation.parts.defining_parts names {unknown}; this dataset's parts: {part_names}"
+        )
+    return [part_names.index(name) + 1 for name in names]
 
 
 @torch.no_grad()
@@ -220,7 +251,8 @@ def require_protocol(protocol: str) -> None:
 def prototype_scores(
     explainer: PrototypeExplainer, data: TestImages, datamodule, cfg: DictConfig, device
 ) -> dict[str, Estimate]:
-    """A prototype network's prototype count and, with part keypoints, consistency and stability."""
+    """A prototype network's prototype count and, with part keypoints, consistency, stability and
+    true-part localisation."""
     C, parts = datamodule.num_classes, cfg.evaluation.parts
     values = {"prototypes": exact(float(C * explainer.prototypes_per_class))}
     if datamodule.num_parts == 0:
@@ -240,7 +272,9 @@ def prototype_scores(
             parts.protocol,
             reference_keypoints_of(datamodule.test_set) if parts.protocol == "reference" else None,
         )
-    scores = part_scores(gather_images(coverage), C, parts.threshold, bootstrap_settings(cfg))
+    defining = defining_part_ids(parts.defining_parts, list(datamodule.records.part_names))
+    coverage = gather_images(coverage)
+    scores = part_scores(coverage, C, parts.threshold, bootstrap_settings(cfg), defining)
     return {**values, **scores}
 
 
@@ -361,6 +395,7 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
     require_protocol(cfg.evaluation.parts.protocol)
     run_dir, datamodule = start_run(cfg)
     datamodule.setup("test")
+    defining_part_ids(cfg.evaluation.parts.defining_parts, list(datamodule.records.part_names))
     models = load_models(locate(cfg), datamodule.num_classes, cfg.trust_file)
     fabric = launch(cfg.trainer)
     rank, world = fabric.global_rank, fabric.world_size
@@ -378,7 +413,15 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
     return result
 
 
-HEADLINE = ("accuracy", "consistency", "stability", "deletion_auc", "insertion_auc")
+HEADLINE = (
+    "accuracy",
+    "consistency",
+    "stability",
+    "deletion_auc",
+    "insertion_auc",
+    "part_localisation",
+    "defining_parts",
+)
 
 
 def headline_metrics(rows: list[ResultRow]) -> dict[str, float]:
