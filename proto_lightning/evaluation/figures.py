@@ -109,3 +109,29 @@ def curves_figure(path: Path, curves: dict[str, Faithfulness]) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def confusion_figure(
+    path: Path, labels: np.ndarray, predictions: np.ndarray, class_names: list[str]
+) -> Path:
+    """The black box's confusion matrix on the test split (rows: true class, counts in the cells)."""
+    C = len(class_names)
+    counts = np.zeros((C, C), dtype=np.int64)
+    np.add.at(counts, (labels, predictions), 1)
+    side = max(4.0, 0.45 * C + 2.5)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(counts, cmap="Blues")
+    for (i, j), n in np.ndenumerate(counts):
+        if n:
+            colour = "white" if n > counts.max() / 2 else "black"
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=7, color=colour)
+    ax.set_xticks(range(C), class_names, rotation=90, fontsize=6)
+    ax.set_yticks(range(C), class_names, fontsize=6)
+    ax.set_xlabel("black box predicts")
+    ax.set_ylabel("true class")
+    accuracy = float(np.trace(counts)) / max(1, counts.sum())
+    ax.set_title(f"black box on the test split: accuracy {accuracy:.3f}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

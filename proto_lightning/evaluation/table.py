@@ -55,7 +55,8 @@ def write_csv(rows: list[ResultRow], path: Path) -> Path:
     return path
 
 
-def _cell(estimate: Estimate | None, key: str) -> str:
+def cell_text(estimate: Estimate | None, key: str) -> str:
+    """A table cell: value [95% interval], the value alone when exact, n/a when not applicable."""
     if estimate is None:
         return "n/a"
     if key == "prototypes":
@@ -72,7 +73,7 @@ def write_markdown(rows: list[ResultRow], path: Path, notes: list[str]) -> Path:
     ]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        cells = [row.method] + [_cell(row.values.get(key), key) for key in METRICS]
+        cells = [row.method] + [cell_text(row.values.get(key), key) for key in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     path.write_text(
         "# Results\n\n" + "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"

@@ -37,12 +37,14 @@ class StageResult:
     run_dir: Path
     artifacts: dict[str, Path] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    closing: str | None = None  # a last line for the reader (the demo: where its report is)
 
     def summary(self) -> str:
         """Human-readable lines for the CLI."""
         lines = [f"[{self.stage}] run folder: {self.run_dir}"]
         lines += [f"  {name}: {path}" for name, path in self.artifacts.items()]
         lines += [f"  {name} = {value:.6g}" for name, value in self.metrics.items()]
+        lines += [self.closing] if self.closing else []
         return "\n".join(lines)
 
 

@@ -34,7 +34,9 @@ def run_demo(cfg: DictConfig) -> StageResult:
     evaluate = run_evaluate(
         stage_config(cfg, "evaluate", from_run=str(cfg.run_dir), posthoc=None)
     )  # the demo's own `posthoc` is the decomposition's settings, not an artifact path
-    result = StageResult("demo", Path(cfg.run_dir))
+    report = evaluate.artifacts.get("report.html")
+    closing = f"open the report: {report}" if report is not None else None
+    result = StageResult("demo", Path(cfg.run_dir), closing=closing)
     for stage in (blackbox, decompose, protopnet, evaluate):
         result.artifacts.update({f"{stage.stage} {k}": v for k, v in stage.artifacts.items()})
         result.metrics.update(

@@ -11,15 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from proto_lightning.config import resolved_container
 from proto_lightning.distributed import barrier, contiguous_share, gather_images, launch
 from proto_lightning.errors import ConfigValueError
 from proto_lightning.evaluation.artifacts import Models, load_models, locate
 from proto_lightning.evaluation.drawing import draw_prototype_grid, nearest_patch_image, to_uint8
-from proto_lightning.evaluation.figures import PrototypeTerm, curves_figure, explanation_figure
+from proto_lightning.evaluation.figures import (
+    PrototypeTerm,
+    confusion_figure,
+    curves_figure,
+    explanation_figure,
+)
 from proto_lightning.evaluation.methods import ROW_NAMES, build_explainers
+from proto_lightning.evaluation.report import write_report
 from proto_lightning.evaluation.scores import (
     Faithfulness,
     PartCoverage,
@@ -364,6 +370,8 @@ def report(
         measured.heatmaps,
         measured.curves,
         cfg.evaluation,
+        data.labels,
+        data.blackbox_pred,
     )
     logger.log_metrics(
         {f"eval/{row.method}/{key}": e.value for row in rows for key, e in row.values.items()}
@@ -376,11 +384,15 @@ def report(
             key="evaluation/figures", images=[str(p) for p in figures], caption=captions
         )
     finish_logging(logger)
+    config_yaml = OmegaConf.to_yaml(resolved_container(cfg))
+    title = f"proto-lightning evaluation: {run_dir.name}"
+    page = write_report(run_dir / "report.html", rows, notes, figures, config_yaml, title)
     log.info("results:\n%s", results_md.read_text())
     artifacts = {
         "results.md": results_md,
         "results.csv": results_csv,
         "figures": run_dir / "figures",
+        "report.html": page,
     }
     return StageResult("evaluate", run_dir, artifacts, headline_metrics(rows))
 
@@ -454,10 +466,21 @@ def write_figures(
     heatmaps: dict[str, torch.Tensor],
     curves: dict[str, Faithfulness],
     settings: DictConfig,
+    labels: np.ndarray,
+    blackbox_predictions: np.ndarray,
 ) -> list[Path]:
-    """Per-image explanation panels, the deletion/insertion curves and each network's prototype gallery."""
+    """Per-image explanation panels, the deletion/insertion curves, the black box's confusion matrix
+    (labels and predictions (N,) of every test image) and each network's prototype gallery."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [curves_figure(folder / "deletion_insertion.png", curves)]
+    paths.append(
+        confusion_figure(
+            folder / "confusion_matrix.png",
+            labels,
+            blackbox_predictions,
+            list(datamodule.records.class_names),
+        )
+    )
     posthoc, protopnet = explainers.get("posthoc"), explainers.get("protopnet")
     top = settings.figures.top
     shown_images = subset[: settings.figures.images]
