@@ -91,7 +91,7 @@ def test_refinement_keeps_the_sum_and_never_loses_to_the_even_split():
     V = torch.randn(4, 64)
     nmf = NMFSettings(max_iter=30)
     even = decompose_head(store, V, 4, nmf, RefinementSettings(objective="even"))
-    refined = decompose_head(store, V, 4, nmf)
+    refined = decompose_head(store, V, 4, nmf, RefinementSettings(objective="heatmap_cosine"))
     assert torch.allclose(even.beta, torch.full((4, 4), 0.25))
     assert torch.allclose(refined.beta.sum(1), torch.ones(4), atol=1e-6)
     assert (refined.objective_refined <= refined.objective_even + 1e-12).all()

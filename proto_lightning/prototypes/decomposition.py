@@ -3,10 +3,12 @@
 Tan, Zhou & Chen (ICML 2024), DESIGN.md section 2:
   1. discovery   F_c ~ E P by NMF (`nmf.py`), P = (p_1..p_k) the part bases, E's columns the part maps;
   2. coefficients alpha = argmin ||v_c - sum_i alpha_i p_i||^2 (minimum-norm least squares, pinv);
-  3. refinement  r = v_c - sum_i alpha_i p_i is distributed: p~_i = alpha_i p_i + beta_i r, sum_i beta_i = 1.
+  3. refinement  R = v_c - sum_i alpha_i p_i is distributed: p~_i = alpha_i p_i + r_i, sum_i r_i = R.
 
-Step 3's objective is where the paper (Nelder-Mead over beta under interpretability constraints)
-leaves the exact form to us. Our choice, `heatmap_cosine`: a prototype stays interpretable when its
+Three objectives choose the r_i (`refinement.objective`); `paper` is the default, measured best on
+the quick-start (README, "The post-hoc part-prototype network").
+
+`heatmap_cosine`, ours, with r_i = beta_i R and sum_i beta_i = 1: a prototype stays interpretable when its
 heatmap on the class's training features, F_c p~_i (one value per patch), still points where its
 NMF part map E_i does, so beta minimises J(beta) = mean_i (1 - cos(F_c p~_i, E_i)). Cosine is
 scale-free (NMF's scale and alpha do not matter), which is also why beta must be bounded: with
@@ -18,7 +20,7 @@ signs and the prototypes blow up. Constraints (config `refinement.constraint`):
     beta = (b_1..b_{k-1}, 1 - sum b).
 Both are built into the parametrisation, so Nelder-Mead (scipy) runs on free variables starting at
 the even split beta_i = 1/k, and the best point it returns is never worse than that start.
-`objective=even` skips the optimisation.
+`objective=even` skips the optimisation (r_i = R / k).
 
 `paper` is step 3 as the authors describe it (HKUST SMART Lab post of 2024-06-08 on the ICML paper):
 split R into r_1..r_k with sum_i r_i = R minimising sum_i ||Norm(F p_i) - Norm(F r_i)||^2, Norm the L2
@@ -190,7 +192,7 @@ class NMFSettings:
 class RefinementSettings:
     """Distribution of the residual (`model.refinement`): objective, constraint, bounds, Nelder-Mead's budget."""
 
-    objective: str = "heatmap_cosine"
+    objective: str = "paper"
     constraint: str = "simplex"
     beta_bound: float = 1.0
     shift_bound: float = 1.0
