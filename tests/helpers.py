@@ -28,6 +28,7 @@ TINY_DEMO = [
     "evaluation.figures.images=2",
     # the faithfulness callbacks on evaluate's subset and steps: their test/ values equal its table's
     "callbacks.faithfulness.images=6",
+    "callbacks.faithfulness.every_n_epochs=1",
     "callbacks.faithfulness.steps=8",
     "decompose_callbacks.faithfulness.images=6",
     "decompose_callbacks.faithfulness.steps=8",

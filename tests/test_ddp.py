@@ -108,6 +108,7 @@ def test_faithfulness_callback_on_two_gloo_processes_logs_the_whole_subsets_valu
         *overrides,
         "trainer=ddp_cpu",
         "callbacks.faithfulness.images=3",
+        "callbacks.faithfulness.every_n_epochs=1",
         "callbacks.faithfulness.steps=6",
     )
     with (run / "logs" / "metrics.csv").open() as f:

@@ -88,6 +88,7 @@ def test_keypoint_less_data_logs_deletion_and_insertion_only(parts_root, tmp_pat
         "model.prototypes_per_class=2",
         "model.prototype_dim=16",
         "model.push.log_test_accuracy=false",
+        "callbacks.faithfulness.every_n_epochs=1",
     )
     result = run_protopnet(cfg)
     assert {"val/deletion_auc", "val/insertion_auc", "test/deletion_auc"} <= set(result.metrics)

@@ -74,7 +74,7 @@ class FaithfulnessCallback(L.Callback):
         evaluation: Mapping[str, Any],
         images: int | None = 16,
         steps: int = 10,
-        every_n_epochs: int = 1,
+        every_n_epochs: int = 5,
         blackbox_explainer: str = "gradcam",
         seed: int = 0,
         around_push: bool = True,
