@@ -370,9 +370,10 @@ def report(
         measured.heatmaps,
         measured.curves,
         cfg.evaluation,
-        data.labels,
-        data.blackbox_pred,
     )
+    class_names = list(datamodule.records.class_names)
+    confusion = run_dir / "figures" / "confusion_matrix.png"
+    figures.append(confusion_figure(confusion, data.labels, data.blackbox_pred, class_names))
     logger.log_metrics(
         {f"eval/{row.method}/{key}": e.value for row in rows for key, e in row.values.items()}
     )
@@ -466,21 +467,10 @@ def write_figures(
     heatmaps: dict[str, torch.Tensor],
     curves: dict[str, Faithfulness],
     settings: DictConfig,
-    labels: np.ndarray,
-    blackbox_predictions: np.ndarray,
 ) -> list[Path]:
-    """Per-image explanation panels, the deletion/insertion curves, the black box's confusion matrix
-    (labels and predictions (N,) of every test image) and each network's prototype gallery."""
+    """Per-image explanation panels, the deletion/insertion curves and each network's prototype gallery."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [curves_figure(folder / "deletion_insertion.png", curves)]
-    paths.append(
-        confusion_figure(
-            folder / "confusion_matrix.png",
-            labels,
-            blackbox_predictions,
-            list(datamodule.records.class_names),
-        )
-    )
     posthoc, protopnet = explainers.get("posthoc"), explainers.get("protopnet")
     top = settings.figures.top
     shown_images = subset[: settings.figures.images]
