@@ -100,3 +100,18 @@ def test_make_dataset_cli_says_how_to_replace(tmp_path, capsys):
     make_dataset(tmp_path / "parts", classes=2, per_class=2, size=32)
     assert main(["make-dataset", "--out", str(tmp_path / "parts"), "--classes", "2"]) == 1
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_every_bird_is_whole_inside_the_frame():
+    """A class is decidable only when its head, wing and tail can be seen: every part keypoint of
+    every image is visible and the object's box lies inside the image (200 draws, two sizes)."""
+    import numpy as np
+
+    from proto_lightning.data.generate import make_classes, render_bird
+
+    for size in (48, 128):
+        for i, bird in enumerate(make_classes(10, seed=0) * 20):
+            image, keypoints, (x, y, w, h) = render_bird(bird, np.random.default_rng(i), size)
+            assert image.size == (size, size)
+            assert keypoints[:, 2].all(), (size, i)
+            assert x >= 0 and y >= 0 and x + w <= size - 1 and y + h <= size - 1

@@ -2,7 +2,8 @@
 
 Each object is drawn from six named parts (beak, head, body, wing, tail, legs) in an object frame
 (body centre at the origin, facing +x, unit = object length), then posed by a random scale,
-rotation, horizontal flip and position onto a cluttered background. A class is a combination of
+rotation, horizontal flip and position onto a cluttered background, always whole inside the frame
+(a class is only decidable when its head, wing and tail can all be seen). A class is a combination of
 three discriminative part attributes: head colour, wing pattern and tail shape; body, beak and legs
 look the same in every class (only jittered), so only some parts are discriminative. The true part
 centres are written to `parts/part_locs.txt`, so interpretability metrics can be checked for meaning.
@@ -93,16 +94,20 @@ def _jitter(colour: tuple[int, int, int], rng: np.random.Generator, amount: int 
 
 
 class _Pose:
-    """Object frame -> image pixels: scale, rotation, optional flip, translation."""
+    """Object frame -> image pixels: scale, rotation, optional flip, and a translation that keeps the
+    whole object (`outline`, object-frame points) inside the image, so every class-defining part
+    can be seen."""
 
-    def __init__(self, rng: np.random.Generator, size: int) -> None:
-        self.scale = size * rng.uniform(0.55, 0.85)
+    def __init__(self, rng: np.random.Generator, size: int, outline: np.ndarray) -> None:
+        self.scale = size * rng.uniform(0.5, 0.72)
         angle = np.deg2rad(rng.uniform(-30, 30))
         flip = -1.0 if rng.random() < 0.5 else 1.0
         c, s = np.cos(angle), np.sin(angle)
         self.matrix = self.scale * np.array([[c, -s], [s, c]]) @ np.diag([flip, 1.0])
-        margin = 0.3 * self.scale
-        self.offset = rng.uniform(margin, size - margin, size=2)
+        posed = outline @ self.matrix.T  # (n, 2) around the origin
+        low = 1.0 - posed.min(axis=0)  # the offsets that keep the object 1 px inside
+        high = np.maximum(low, size - 2.0 - posed.max(axis=0))
+        self.offset = rng.uniform(low, high)
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         return np.asarray(points, dtype=np.float64) @ self.matrix.T + self.offset
@@ -158,26 +163,24 @@ def render_bird(
     """Draw one posed bird on clutter; return image, part keypoints (P, 3) and its box x, y, w, h."""
     image = _background(rng, size)
     draw = ImageDraw.Draw(image)
-    pose = _Pose(rng, size)
     tail = np.array(TAIL[bird.tail])
+    body, wing, head = (_ellipse(*part) for part in (BODY, WING, HEAD))
+    outline = np.concatenate(
+        [tail, body, wing, head, np.array(BEAK), np.array(LEGS).reshape(-1, 2)]
+    )
+    pose = _Pose(rng, size, outline)
     draw.polygon(pose.polygon(tail), fill=_jitter(BODY_COLOUR, rng))
     for leg in LEGS:
         draw.line(
             pose.polygon(np.array(leg)), fill=LEG_COLOUR, width=max(1, int(pose.scale * 0.025))
         )
-    body = _ellipse(*BODY)
     draw.polygon(pose.polygon(body), fill=_jitter(BODY_COLOUR, rng))
-    wing = _ellipse(*WING)
     draw.polygon(pose.polygon(wing), fill=_jitter(WING_COLOUR, rng))
     _draw_wing_pattern(draw, pose, bird.wing, _jitter((235, 235, 220), rng, 10))
-    head = _ellipse(*HEAD)
     draw.polygon(pose.polygon(head), fill=_jitter(HEAD_COLOURS[bird.head], rng))
     eye = _ellipse(HEAD[0] + 0.04, HEAD[1] - 0.03, 0.02, 0.02, 10)
     draw.polygon(pose.polygon(eye), fill=(10, 10, 10))
     draw.polygon(pose.polygon(np.array(BEAK)), fill=_jitter(BEAK_COLOUR, rng))
-    outline = np.concatenate(
-        [tail, body, wing, head, np.array(BEAK), np.array(LEGS).reshape(-1, 2)]
-    )
 
     xy = pose(np.array([PART_CENTRES[p] for p in PART_NAMES]))  # (P, 2)
     visible = (xy >= 0).all(axis=1) & (xy < size).all(axis=1)
