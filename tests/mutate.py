@@ -161,12 +161,14 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
     (M + "part_consistency.py", 114, "True -> False"): "reducing into zeros with or without them",
     (M + "part_consistency.py", 159, "Add -> Sub"): "the noise is a symmetric Gaussian: minus it "
     "is the same distribution",
-    (M + "part_peaks.py", 36, "0 -> 1"): "part ids start at 1: >= 1 and >= 0 select the same hits",
+    (M + "part_peaks.py", 42, "0 -> 1"): "part ids start at 1: >= 1 and >= 0 select the same hits",
     (
         M + "part_peaks.py",
-        36,
+        42,
         "GtE -> Gt",
     ): "part ids start at 1: > 0 and >= 0 select the same hits",
+    (M + "part_peaks.py", 65, "0 -> 1"): "part ids start at 1: >= 1 and >= 0 count the same hits",
+    (M + "part_peaks.py", 65, "GtE -> Gt"): "part ids start at 1: > 0 and >= 0 count the same hits",
     ("proto_lightning/models/protopnet_schedule.py", 18, "True -> False"): _FROZEN,
     ("proto_lightning/models/protopnet_schedule.py", 27, "True -> False"): _FROZEN,
     (D + "transforms.py", 21, "True -> False"): _FROZEN,

@@ -41,13 +41,14 @@ def test_a_part_exactly_at_the_radius_is_hit():
 def test_prototype_peaks_on_maps_upsampled_bilinearly_by_hand():
     """4 x 4 maps to 8 x 8 (radius: one cell, 2 px). A delta at cell (h 1, w 2) upsamples to 0.75 at
     output columns 4 and 5 (source 1.75 and 2.25) and rows 2 and 3: the first maximum is pixel
-    (4, 2), centre (4.5, 2.5), 0.71 px from part 2 at (5, 3). A delta at the last cell (3, 3) peaks
+    (4, 2), centre (4.5, 2.5), 1.5 px from part 2 at (3, 2.5) (with align_corners=True the peak
+    would be column 5, 2.5 px away). A delta at the last cell (3, 3) peaks
     at the last pixel (source 3.25 is clamped to cell 3), centre (7.5, 7.5): no part within 2 px.
     The second image hides part 2: its first prototype finds none."""
     maps = torch.zeros(2, 2, 4, 4)
     maps[:, 0, 1, 2] = 1
     maps[:, 1, 3, 3] = 1
-    keypoints = torch.tensor([[1, 1.0, 1.0, 1], [2, 5.0, 3.0, 1]]).expand(2, 2, 4).clone()
+    keypoints = torch.tensor([[1, 1.0, 1.0, 1], [2, 3.0, 2.5, 1]]).expand(2, 2, 4).clone()
     keypoints[1, 1, 3] = 0
     parts = prototype_peak_parts(maps, keypoints, (8, 8))
     assert parts.tolist() == [[2, -1], [-1, -1]]
@@ -57,10 +58,11 @@ def test_prototype_peaks_on_maps_upsampled_bilinearly_by_hand():
 def test_defining_parts_found_by_hand():
     """Class 0 (5 images): prototype 0 on the head (2) in 4 of 5 = 0.8, found; prototype 1 on the
     tail (5) in 3 of 5, not found. Class 1 (2 images): prototype 1 on the wing (4) in both, found;
-    the head in 1 of 2, not. Class 2 has no image. 2 of 6 (class, part) pairs."""
+    the head in 1 of 2, not. Class 2 (1 image): the head, found. Class 3 has no image and is left
+    out. 3 of 9 (class, part) pairs; 4 of 9 at a threshold of 0.6 (class 0's tail)."""
     parts = torch.tensor(
-        [[2, 5], [2, 5], [2, 5], [2, 1], [3, -1], [2, 4], [-1, 4]]
-    )  # (7 images, k = 2)
-    labels = torch.tensor([0, 0, 0, 0, 0, 1, 1])
-    assert defining_parts_found(parts, labels, 3, [2, 4, 5]) == pytest.approx(2 / 6)
-    assert defining_parts_found(parts, labels, 3, [2, 4, 5], threshold=0.6) == pytest.approx(3 / 6)
+        [[2, 5], [2, 5], [2, 5], [2, 1], [3, -1], [2, 4], [-1, 4], [2, 1]]
+    )  # (8 images, k = 2)
+    labels = torch.tensor([0, 0, 0, 0, 0, 1, 1, 2])
+    assert defining_parts_found(parts, labels, 4, [2, 4, 5]) == pytest.approx(3 / 9)
+    assert defining_parts_found(parts, labels, 4, [2, 4, 5], threshold=0.6) == pytest.approx(4 / 9)
