@@ -27,9 +27,15 @@ from proto_lightning.prototypes.nmf import nmf
 
 
 def random_store(
-    C: int, D: int, images_per_class: int = 6, hw: int = 49, seed: int = 0
+    C: int,
+    D: int,
+    images_per_class: int = 6,
+    hw: int = 49,
+    seed: int = 0,
+    map_size: tuple[int, int] = (7, 7),
 ) -> FeatureStore:
     rng = np.random.default_rng(seed)
+    assert map_size[0] * map_size[1] == hw
     n = C * images_per_class * hw
     features = np.maximum(rng.standard_normal((n, D)), 0).astype(np.float32) * rng.random(D).astype(
         np.float32
@@ -39,10 +45,12 @@ def random_store(
         features=features,
         rows=np.repeat(np.arange(C * images_per_class), hw),
         image_ids=np.repeat(np.arange(C * images_per_class) + 1, hw),
-        locations=np.tile(np.stack(np.divmod(np.arange(hw), 7), 1), (C * images_per_class, 1)),
+        locations=np.tile(
+            np.stack(np.divmod(np.arange(hw), map_size[1]), 1), (C * images_per_class, 1)
+        ),
         labels=labels,
         offsets=np.arange(C + 1) * images_per_class * hw,
-        map_size=(7, 7),
+        map_size=map_size,
     )
 
 
@@ -149,7 +157,7 @@ def test_a_ranks_share_of_batches_equals_those_classes_of_the_whole_head():
     """Classes of unequal sizes (zero-padded in their NMF batch), 2 per batch, each batch seeded
     with seed + its first class: batch 1 alone gives classes 2 and 3 of the whole decomposition,
     whose bases are NMF's on that batch with seed 7 + 2."""
-    store = random_store(5, 12, images_per_class=2, hw=9, seed=4)
+    store = random_store(5, 12, images_per_class=2, hw=9, seed=4, map_size=(3, 3))
     keep = np.r_[0:18, 18:27, 36:54, 54:63, 72:90]  # class 1 and 3 lose an image
     sizes = np.bincount(store.labels[keep], minlength=5)
     store = FeatureStore(
@@ -204,7 +212,7 @@ def paper_objective_by_hand(F, hw, P, r):
 
 def test_residual_split_by_hand():
     """r_i = beta_i (R - sum_j m_j) + m_i with m_j = s_j ||R|| p_j / ||p_j||, worked out on paper."""
-    P = torch.tensor([[3.0, 0, 0], [0, 0, 2.0], [0, 0, 0]]).double()  # the third base is dead
+    P = torch.tensor([[3.0, 0, 0], [0, 0, 0.5], [0, 0, 0]]).double()  # the third base is dead
     R = torch.tensor([0.0, 3, 4]).double()  # ||R|| = 5: m = (1, 0, 0), (0, 0, -2), 0
     beta, shift = torch.tensor([0.25, 0.5, 0.25]).double(), torch.tensor([0.2, -0.4, 0.9]).double()
     r = residual_split(beta, shift, P, R)
@@ -247,7 +255,8 @@ def test_paper_objective_is_blind_to_beta_without_the_shift():
 
 
 def test_paper_refinement_is_exact_bounded_and_reports_its_objective():
-    store = random_store(4, 64, seed=2)
+    """On 4 x 6 maps: Norm runs over each image's 24 patches (not 36 or 16)."""
+    store = random_store(4, 64, hw=24, seed=2, map_size=(4, 6))
     V = torch.randn(4, 64, generator=torch.Generator().manual_seed(2))
     settings = RefinementSettings(objective="paper", shift_bound=0.5)
     result = decompose_head(store, V, 3, NMFSettings(max_iter=30), settings)
@@ -255,7 +264,7 @@ def test_paper_refinement_is_exact_bounded_and_reports_its_objective():
     assert (result.beta >= 0).all() and torch.allclose(result.beta.sum(1), torch.ones(4))
     assert (result.shift.abs() <= 0.5 + 1e-9).all() and (result.shift != 0).any()
     assert (result.objective_refined < result.objective_even).all()
-    hw = 49
+    hw = 24
     for c in range(4):
         F = torch.from_numpy(store.class_slice(c))
         P, alpha = result.bases[c].double(), result.alpha[c, :, None].double()
@@ -285,8 +294,22 @@ def test_paper_search_starts_at_the_even_split_within_the_bounds(constraint, mon
         objective="paper", constraint=constraint, beta_bound=0.7, shift_bound=0.4
     )
     beta, shift = refine_split(objective, 3, settings)
+    assert np.isclose(beta.sum(), 1) and (np.abs(shift) <= 0.4).all()
     assert np.allclose(full_beta(seen["x0"][:2], constraint), [1 / 3] * 3)
     assert np.array_equal(seen["x0"][2:], np.zeros(3))
     beta_bounds = (None, None) if constraint == "simplex" else (-0.7, 0.7)
     assert seen["bounds"] == [beta_bounds] * 2 + [(-0.4, 0.4)] * 3
     assert np.isclose(beta.sum(), 1) and (np.abs(shift) <= 0.4).all()
+
+
+def test_paper_split_of_one_prototype_is_the_residual_and_of_two_is_searched():
+    """k = 1: r_1 = R whatever the search, so nothing is searched (beta 1, s 0); k = 2 is searched
+    and beats the even split on random data."""
+    torch.manual_seed(1)
+    settings = RefinementSettings(objective="paper")
+    one = NormalisedHeatmaps(torch.rand(4 * 9, 6), 9, torch.rand(1, 6), torch.randn(6))
+    beta, shift = refine_split(one, 1, settings)
+    assert beta.tolist() == [1.0] and shift.tolist() == [0.0]
+    two = NormalisedHeatmaps(torch.rand(4 * 9, 6), 9, torch.rand(2, 6), torch.randn(6))
+    beta, shift = refine_split(two, 2, settings)
+    assert two(beta, shift) < two(np.full(2, 0.5), np.zeros(2))
