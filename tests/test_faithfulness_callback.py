@@ -139,3 +139,34 @@ def test_the_module_keeps_its_mode_and_grad_cam_runs_under_inference_mode(tiny_d
         values = callback.measure(module, datamodule, datamodule.test_set)
     assert module.training and set(values) == {"deletion_auc", "insertion_auc"}
     assert all(0.0 <= v <= 1.0 for v in values.values())
+
+
+def test_training_is_the_same_with_and_without_the_callback(stage_config, tmp_path: Path):
+    """The measurement (its loaders draw from the global generator) must not change the shuffles
+    and augmentations that follow: a ProtoPNet run with warm-up, joint epochs and pushes ends with
+    the same weights, bit for bit, with the callback at every validation and around every push."""
+    schedule = [
+        "model.schedule.epochs=4",
+        "model.schedule.warm_epochs=1",
+        "model.schedule.push_start=2",
+        "model.schedule.push_every=2",
+        "model.schedule.last_layer_iterations=1",
+        "model.prototypes_per_class=2",
+        "model.prototype_dim=16",
+        "trainer.max_epochs=null",
+        "run_test=false",
+        "callbacks.faithfulness.every_n_epochs=1",
+        "callbacks.faithfulness.images=4",
+        "callbacks.faithfulness.steps=4",
+    ]
+    states = []
+    for name, switch in (("with", []), ("without", ["callbacks.faithfulness=null"])):
+        result = run_protopnet(
+            stage_config("protopnet", *schedule, *switch, f"run_dir={tmp_path / name}")
+        )
+        last = result.artifacts["last checkpoint"]
+        states.append(torch.load(last, weights_only=True)["state_dict"])
+        assert ("push/deletion_auc_after" in result.metrics) == (name == "with")
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key

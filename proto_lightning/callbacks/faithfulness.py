@@ -129,8 +129,11 @@ class FaithfulnessCallback(L.Callback):
         """The metrics of `module`'s explanations on the seeded subset of `dataset` (this rank's share
         explained here, every rank's gathered)."""
         was_training = module.training
-        # Lightning validates under inference mode; Grad-CAM needs gradients, so step out of it
-        with torch.inference_mode(False):
+        # Lightning validates under inference mode; Grad-CAM needs gradients, so step out of it.
+        # The random generators are forked: the measurement (its loaders draw seeds) must not
+        # change the shuffles and augmentations of the training that follows.
+        devices = [module.device] if module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.inference_mode(False):
             explainer = module_explainer(module, self.blackbox_explainer, self.settings, self.seed)
             subset = faithfulness_subset(len(dataset), self.images, self.seed)
             mine = subset[contiguous_share(len(subset), rank, world)]
