@@ -46,6 +46,8 @@ def fast_overrides(data_root: Path, run_dir: Path) -> list[str]:
         "trainer.max_epochs=1",
         "logger=csv",
         "callbacks.progress=null",
+        "callbacks.faithfulness.images=4",  # the faithfulness callback on a few images, few steps
+        "callbacks.faithfulness.steps=4",
         f"hydra.run.dir={run_dir}",
     ]
 

@@ -123,4 +123,5 @@ def test_faithfulness_callback_on_two_gloo_processes_logs_the_whole_subsets_valu
         one = callback.measure(module, datamodule, dataset)
         (row,) = [r for r in rows if f"{split}/deletion_auc" in r]
         for name in ("deletion_auc", "insertion_auc"):
-            assert float(row[f"{split}/{name}"]) == pytest.approx(one[name], abs=1e-6)
+            # float32 curves of other batch compositions: as the other DDP tests, to 1e-5
+            assert float(row[f"{split}/{name}"]) == pytest.approx(one[name], abs=1e-5)
