@@ -134,9 +134,9 @@ def test_free_variables_map_to_the_constrained_beta():
     assert np.allclose(full_beta(np.array([0.2, 0.3]), "sum_to_one"), [0.2, 0.3, 0.5])
 
 
-@pytest.mark.parametrize("constraint", ["simplex", "sum_to_one"])
-def test_nelder_mead_starts_at_the_even_split_within_the_bounds(constraint, monkeypatch):
-    """The search starts from beta = 1/k and, under `sum_to_one`, keeps |b_i| <= beta_bound."""
+@pytest.fixture
+def minimize_spy(monkeypatch) -> dict:
+    """scipy's minimize as decomposition calls it, recording its start `x0` and `bounds`."""
     seen = {}
 
     def spy(fun, x0, **kwargs):
@@ -144,6 +144,13 @@ def test_nelder_mead_starts_at_the_even_split_within_the_bounds(constraint, monk
         return minimize(fun, x0, **kwargs)
 
     monkeypatch.setattr(decomposition, "minimize", spy)
+    return seen
+
+
+@pytest.mark.parametrize("constraint", ["simplex", "sum_to_one"])
+def test_nelder_mead_starts_at_the_even_split_within_the_bounds(constraint, minimize_spy):
+    """The search starts from beta = 1/k and, under `sum_to_one`, keeps |b_i| <= beta_bound."""
+    seen = minimize_spy
     torch.manual_seed(0)
     objective = HeatmapCosine(
         torch.rand(30, 6), torch.rand(30, 3), torch.rand(3, 6), torch.rand(3), torch.randn(6)
@@ -279,15 +286,9 @@ def test_paper_refinement_is_exact_bounded_and_reports_its_objective():
 
 
 @pytest.mark.parametrize("constraint", ["simplex", "sum_to_one"])
-def test_paper_search_starts_at_the_even_split_within_the_bounds(constraint, monkeypatch):
+def test_paper_search_starts_at_the_even_split_within_the_bounds(constraint, minimize_spy):
     """2k - 1 free variables: beta's k - 1 (as for heatmap_cosine), then s_1..s_k from 0 within +-shift_bound."""
-    seen = {}
-
-    def spy(fun, x0, **kwargs):
-        seen.update(x0=x0, bounds=kwargs["bounds"])
-        return minimize(fun, x0, **kwargs)
-
-    monkeypatch.setattr(decomposition, "minimize", spy)
+    seen = minimize_spy
     torch.manual_seed(0)
     objective = NormalisedHeatmaps(torch.rand(4 * 9, 6), 9, torch.rand(3, 6), torch.randn(6))
     settings = RefinementSettings(
