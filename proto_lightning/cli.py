@@ -8,16 +8,18 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, open_dict
 
 from proto_lightning.config import CONF_DIR, validate_overrides
 from proto_lightning.errors import ConfigKeyError, ProtoLightningError
-from proto_lightning.stages.common import StageResult
+
+if TYPE_CHECKING:  # the stages (torch, Lightning) load only when one runs: help and --cfg are quick
+    from proto_lightning.stages.common import StageResult
 
 # stage name -> (module:function, one-line description); each has conf/<stage>.yaml
 STAGES = {
@@ -161,7 +163,6 @@ def check_objective(stage: str, cfg: DictConfig) -> None:
 
 def _run_stage(stage: str, overrides: list[str]) -> int:
     module, function = STAGES[stage][0].split(":")
-    task = getattr(importlib.import_module(module), function)
     hydra_flags = {  # flags that print instead of running; a multirun is checked at its first point
         "--cfg",
         "-c",
@@ -176,6 +177,9 @@ def _run_stage(stage: str, overrides: list[str]) -> int:
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=stage)
     def _main(cfg: DictConfig) -> float | None:
+        from lightning.pytorch.utilities import rank_zero_only
+
+        task = getattr(importlib.import_module(module), function)
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode == RunMode.MULTIRUN and cfg.group == cfg.stage:
             with open_dict(cfg):  # one W&B group per sweep, so the dashboard compares its runs

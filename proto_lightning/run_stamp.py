@@ -19,8 +19,10 @@ from __future__ import annotations
 import functools
 import os
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from torch.distributed import TCPStore
+if TYPE_CHECKING:
+    from torch.distributed import TCPStore
 
 RENDEZVOUS_TIMEOUT = timedelta(minutes=5)
 _stores: list[TCPStore] = []  # kept open: the process group's store shares rank 0's server
@@ -41,6 +43,8 @@ def run_stamp(fmt: str) -> str:
 
 def _published_by_rank_zero(fmt: str, rank: int, host: str, port: str) -> str:
     """Rank 0's local time in `fmt`, shared through the launch's TCP key-value store."""
+    from torch.distributed import TCPStore  # here: composing a config never waits for torch
+
     agent_serves = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = TCPStore(
         host,

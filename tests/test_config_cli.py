@@ -28,6 +28,23 @@ def test_console_script_and_module_list_the_stages():
             assert stage in out
 
 
+def test_help_config_printing_and_key_errors_never_load_torch():
+    """`--help`, `--cfg job` and a refused key answer in well under a second: no torch or Lightning."""
+    script = (
+        "import sys\n"
+        "from proto_lightning.cli import main\n"
+        "main(['--help'])\n"
+        "main(['blackbox', '--cfg', 'job'])\n"
+        "assert main(['decompose', 'model.nmf.iterationz=3']) == 1\n"
+        "loaded = sorted(m for m in ('torch', 'lightning', 'torchvision') if m in sys.modules)\n"
+        "print('LOADED', loaded)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "LOADED []" in done.stdout
+    assert "unknown config key 'model.nmf.iterationz'" in done.stderr
+
+
 def test_issue_example_composes():
     cfg = compose_config(
         "blackbox",
