@@ -59,7 +59,7 @@ tools:
 {tools}
 
 examples:
-  proto-lightning make-dataset --out data/parts --classes 10 --per-class 60 --size 128 --seed 0
+  proto-lightning make-dataset --out data/parts --classes 10 --per-class 100 --train-fraction 0.6 --size 128 --seed 0
   proto-lightning blackbox data=cub data.root=/data/CUB_200_2011 model/backbone=resnet50 trainer.max_epochs=30
   proto-lightning blackbox ckpt_path=runs/blackbox/<date>/checkpoints/last.ckpt   # resume
   proto-lightning test ckpt_path=runs/blackbox/<date>/checkpoints/last.ckpt
@@ -84,7 +84,10 @@ def _make_dataset(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--out", default="data/parts")
     parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--per-class", type=int, default=60)
+    parser.add_argument("--per-class", type=int, default=100)
+    parser.add_argument(
+        "--train-fraction", type=float, default=0.6, help="share of each class's images in train"
+    )
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -92,7 +95,13 @@ def _make_dataset(argv: Sequence[str]) -> int:
     )
     args = parser.parse_args(argv)
     out = make_dataset(
-        args.out, args.classes, args.per_class, args.size, args.seed, overwrite=args.overwrite
+        args.out,
+        args.classes,
+        args.per_class,
+        args.size,
+        args.seed,
+        train_fraction=args.train_fraction,
+        overwrite=args.overwrite,
     )
     print(f"wrote the generated part dataset to {out}")
     return 0

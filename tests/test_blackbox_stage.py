@@ -121,7 +121,8 @@ def test_test_stage_refuses_bad_checkpoints(stage_config, tmp_path: Path):
     first = run_blackbox(stage_config("blackbox", "run_test=false", f"run_dir={tmp_path / 'a'}"))
     state = torch.load(first.artifacts["checkpoints"] / "last.ckpt", weights_only=True)
     state["hyper_parameters"]["num_classes"] = 9
-    state["state_dict"]["net.head.weight"] = torch.zeros(9, 256)
+    width = state["state_dict"]["net.head.weight"].shape[1]
+    state["state_dict"]["net.head.weight"] = torch.zeros(9, width)
     state["state_dict"]["net.head.bias"] = torch.zeros(9)
     other = tmp_path / "nine.ckpt"
     torch.save(state, other)

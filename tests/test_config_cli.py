@@ -142,27 +142,31 @@ def test_make_dataset_tool(tmp_path: Path):
                 "--classes",
                 "2",
                 "--per-class",
-                "2",
+                "4",
+                "--train-fraction",
+                "0.25",
                 "--size",
                 "32",
             ]
         )
         == 0
     )
-    assert len((tmp_path / "d" / "images.txt").read_text().splitlines()) == 4
+    assert len((tmp_path / "d" / "images.txt").read_text().splitlines()) == 8
+    split = (tmp_path / "d" / "train_test_split.txt").read_text().split()[1::2]
+    assert split == ["1", "0", "0", "0"] * 2  # one of each class's 4 images trains
 
 
 def test_an_experiments_model_settings_reach_only_that_model():
-    # quick-start's black-box optimizer (lr 3e-3, wd 5e-4) must not leak into ProtoPNet's (wd 1e-3)
+    # quick-start's black-box optimizer (lr 1e-2, wd 5e-4) must not leak into ProtoPNet's (wd 1e-3)
     blackbox = compose_config("blackbox", ["experiment=quickstart"]).model.optimizer
-    assert (blackbox.lr, blackbox.weight_decay) == (0.003, 0.0005)
+    assert (blackbox.lr, blackbox.weight_decay) == (0.01, 0.0005)
     protopnet = compose_config("protopnet", ["experiment=quickstart"]).model.optimizer
     assert protopnet.weight_decay == 0.001 and "lr" not in protopnet
     demo = compose_config("demo")
-    assert demo.model.optimizer.lr == 0.003 and demo.protopnet.optimizer.weight_decay == 0.001
+    assert demo.model.optimizer.lr == 0.01 and demo.protopnet.optimizer.weight_decay == 0.001
     assert compose_config("blackbox").model.optimizer.lr == 0.001  # no experiment: the defaults
-    override = ["experiment=quickstart", "model.optimizer.lr=0.01"]
-    assert compose_config("blackbox", override).model.optimizer.lr == 0.01  # the command line wins
+    override = ["experiment=quickstart", "model.optimizer.lr=0.02"]
+    assert compose_config("blackbox", override).model.optimizer.lr == 0.02  # the command line wins
 
 
 def test_model_and_augmentation_settings_refuse_unknown_keys():

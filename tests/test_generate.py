@@ -115,3 +115,23 @@ def test_every_bird_is_whole_inside_the_frame():
             assert image.size == (size, size)
             assert keypoints[:, 2].all(), (size, i)
             assert x >= 0 and y >= 0 and x + w <= size - 1 and y + h <= size - 1
+
+
+@pytest.mark.parametrize("tail", ["Fan", "Pointed", "Forked"])
+def test_the_tail_tip_has_a_dark_edge_on_any_background(tail: str):
+    """The tail is the body's colour, so its shape is told from the clutter by a dark edge: the
+    pixel at the posed tip (the tail's farthest vertex from the body) is the edge colour in every
+    one of 20 draws."""
+    from proto_lightning.data import generate as g
+
+    bird = g.BirdClass("Red", "Plain", tail)
+    tip = np.array(min(g.TAIL[tail], key=lambda p: p[0]))  # smallest x: farthest from the body
+    for i in range(20):
+        rng = np.random.default_rng(i)
+        image, _, _ = g.render_bird(bird, rng, 128)
+        # the same pose again: render_bird draws the background, then the pose
+        pose_rng = np.random.default_rng(i)
+        g._background(pose_rng, 128)
+        x, y = g._Pose(pose_rng, 128, g.bird_outline(tail))(tip[None])[0]
+        pixel = np.asarray(image, dtype=int)[int(y), int(x)]
+        assert np.abs(pixel - np.array(g.EDGE_COLOUR)).max() <= 40, (i, pixel)

@@ -106,8 +106,9 @@ def test_artifact_of_another_black_box_is_refused(decomposed, parts_root: Path, 
             result.artifacts["artifact"], blackbox=other.artifacts["best checkpoint"]
         )
     five = BlackBoxClassifier.load_checkpoint(other.artifacts["best checkpoint"]).net
-    five.head = torch.nn.Linear(256, 5)  # a black box of another class count
-    with pytest.raises(IncompatibleArtifactError, match=r"\(4, 256\).*\(5, 256\)"):
+    width = five.head.in_features
+    five.head = torch.nn.Linear(width, 5)  # a black box of another class count
+    with pytest.raises(IncompatibleArtifactError, match=rf"\(4, {width}\).*\(5, {width}\)"):
         PostHocPrototypeNetwork.load(result.artifacts["artifact"], blackbox=five)
 
 

@@ -39,16 +39,34 @@ BODY_COLOUR = (150, 110, 80)
 WING_COLOUR = (90, 70, 60)
 BEAK_COLOUR = (240, 150, 30)
 LEG_COLOUR = (60, 40, 20)
+EDGE_COLOUR = (25, 20, 15)  # a dark silhouette edge: the tail's shape shows on any background
+EDGE_WIDTH = 0.02  # of the object length
 
 # Part geometry in the object frame: (centre x, centre y, radius x, radius y).
 BODY = (0.0, 0.0, 0.30, 0.17)
 HEAD = (0.36, -0.17, 0.12, 0.12)
 WING = (-0.03, -0.03, 0.19, 0.09)
 BEAK = ((0.46, -0.21), (0.63, -0.16), (0.46, -0.12))
-TAIL = {
-    "Fan": ((-0.26, -0.03), (-0.55, -0.20), (-0.60, 0.0), (-0.55, 0.20), (-0.26, 0.05)),
-    "Pointed": ((-0.26, -0.04), (-0.66, 0.0), (-0.26, 0.05)),
-    "Forked": ((-0.26, -0.04), (-0.60, -0.16), (-0.45, 0.0), (-0.60, 0.16), (-0.26, 0.05)),
+TAIL_PIVOT, TAIL_FAN_RADIUS = (-0.24, 0.0), 0.38
+TAIL = {  # silhouettes that differ along their whole length, not only at the tip
+    "Fan": (  # a solid wedge widening from the body to a round edge
+        ((-0.24, -0.05),)
+        + tuple(
+            (TAIL_PIVOT[0] - TAIL_FAN_RADIUS * np.cos(t), TAIL_FAN_RADIUS * np.sin(t))
+            for t in np.deg2rad(np.linspace(-34, 34, 7))
+        )
+        + ((-0.24, 0.06),)
+    ),
+    "Pointed": ((-0.24, -0.05), (-0.70, 0.0), (-0.24, 0.06)),  # one long thin spike
+    "Forked": (  # two thin prongs around a deep notch
+        (-0.24, -0.05),
+        (-0.68, -0.22),
+        (-0.62, -0.10),
+        (-0.36, 0.0),
+        (-0.62, 0.10),
+        (-0.68, 0.22),
+        (-0.24, 0.06),
+    ),
 }
 LEGS = (((-0.05, 0.15), (-0.08, 0.38)), ((0.06, 0.15), (0.09, 0.38)))
 PART_CENTRES = {
@@ -157,6 +175,12 @@ def _draw_wing_pattern(draw: ImageDraw.ImageDraw, pose: _Pose, pattern: str, col
             )
 
 
+def bird_outline(tail: str) -> np.ndarray:
+    """Every vertex of a bird with this tail shape, in the object frame: (n, 2)."""
+    parts = [np.array(TAIL[tail]), *(_ellipse(*part) for part in (BODY, WING, HEAD))]
+    return np.concatenate([*parts, np.array(BEAK), np.array(LEGS).reshape(-1, 2)])
+
+
 def render_bird(
     bird: BirdClass, rng: np.random.Generator, size: int
 ) -> tuple[Image.Image, np.ndarray, tuple[float, float, float, float]]:
@@ -165,19 +189,18 @@ def render_bird(
     draw = ImageDraw.Draw(image)
     tail = np.array(TAIL[bird.tail])
     body, wing, head = (_ellipse(*part) for part in (BODY, WING, HEAD))
-    outline = np.concatenate(
-        [tail, body, wing, head, np.array(BEAK), np.array(LEGS).reshape(-1, 2)]
-    )
+    outline = bird_outline(bird.tail)
     pose = _Pose(rng, size, outline)
-    draw.polygon(pose.polygon(tail), fill=_jitter(BODY_COLOUR, rng))
+    edge = {"outline": EDGE_COLOUR, "width": max(1, round(pose.scale * EDGE_WIDTH))}
+    draw.polygon(pose.polygon(tail), fill=_jitter(BODY_COLOUR, rng), **edge)
     for leg in LEGS:
         draw.line(
             pose.polygon(np.array(leg)), fill=LEG_COLOUR, width=max(1, int(pose.scale * 0.025))
         )
-    draw.polygon(pose.polygon(body), fill=_jitter(BODY_COLOUR, rng))
+    draw.polygon(pose.polygon(body), fill=_jitter(BODY_COLOUR, rng), **edge)
     draw.polygon(pose.polygon(wing), fill=_jitter(WING_COLOUR, rng))
     _draw_wing_pattern(draw, pose, bird.wing, _jitter((235, 235, 220), rng, 10))
-    draw.polygon(pose.polygon(head), fill=_jitter(HEAD_COLOURS[bird.head], rng))
+    draw.polygon(pose.polygon(head), fill=_jitter(HEAD_COLOURS[bird.head], rng), **edge)
     eye = _ellipse(HEAD[0] + 0.04, HEAD[1] - 0.03, 0.02, 0.02, 10)
     draw.polygon(pose.polygon(eye), fill=(10, 10, 10))
     draw.polygon(pose.polygon(np.array(BEAK)), fill=_jitter(BEAK_COLOUR, rng))
@@ -194,10 +217,10 @@ def render_bird(
 def make_dataset(
     out: str | Path,
     classes: int = 10,
-    per_class: int = 60,
+    per_class: int = 100,
     size: int = 128,
     seed: int = 0,
-    train_fraction: float = 0.5,
+    train_fraction: float = 0.6,
     overwrite: bool = False,
 ) -> Path:
     """Write the generated part dataset to `out` in the CUB-200-2011 layout; return `out`.
