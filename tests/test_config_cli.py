@@ -163,6 +163,11 @@ def test_an_experiments_model_settings_reach_only_that_model():
     protopnet = compose_config("protopnet", ["experiment=quickstart"]).model.optimizer
     assert protopnet.weight_decay == 0.001 and "lr" not in protopnet
     demo = compose_config("demo")
+    # the demo's later stages take the black box's final epoch ("best" by step), see conf/demo.yaml
+    assert (demo.callbacks.checkpoint.monitor, demo.callbacks.checkpoint.mode) == ("step", "max")
+    assert compose_config("blackbox", ["experiment=quickstart"]).callbacks.checkpoint.monitor == (
+        "val/acc"
+    )
     assert demo.model.optimizer.lr == 0.01 and demo.protopnet.optimizer.weight_decay == 0.001
     assert compose_config("blackbox").model.optimizer.lr == 0.001  # no experiment: the defaults
     override = ["experiment=quickstart", "model.optimizer.lr=0.02"]
