@@ -5,7 +5,8 @@ Each object is drawn from six named parts (beak, head, body, wing, tail, legs) i
 rotation, horizontal flip and position onto a cluttered background, always whole inside the frame
 (a class is only decidable when its head, wing and tail can all be seen). A class is a combination of
 three discriminative part attributes: head colour, wing pattern and tail shape; body, beak and legs
-look the same in every class (only jittered), so only some parts are discriminative. The true part
+look the same in every class (only jittered), so only some parts are discriminative. Tail, body
+and head have a dark edge, so the body-coloured tail's silhouette shows on any clutter. The true part
 centres are written to `parts/part_locs.txt`, so interpretability metrics can be checked for meaning.
 """
 
