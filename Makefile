@@ -10,12 +10,13 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # (Re)install when the dependency declaration changes. uv (from PyPI, into the venv) installs the
-# dependencies: it links them from its cache, where pip unpacks and byte-compiles the ~7 GB of
-# torch's CUDA wheels on every fresh clone (3 min 10 s with pip, 22 s with uv, warm caches).
+# dependencies: it links them from its cache, where pip unpacks the ~7 GB of torch's CUDA wheels on
+# every fresh clone. --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, nothing
+# would ever be compiled and every process (each test's CLI run, each DDP rank) would pay ~15 s.
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[dev]"
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e ".[dev]"
 	touch $(STAMP)
 
 dataset: $(STAMP)
