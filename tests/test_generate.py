@@ -102,6 +102,15 @@ def test_make_dataset_cli_says_how_to_replace(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.95, 1.0, 1.5])
+def test_a_split_without_train_or_test_images_is_refused_before_writing(tmp_path, capsys, fraction):
+    """4 images per class: 0.1 rounds to no train image and 0.95 to no test image."""
+    args = ["--out", str(tmp_path / "d"), "--classes", "2", "--per-class", "4", "--size", "32"]
+    assert main(["make-dataset", *args, "--train-fraction", str(fraction)]) == 1
+    assert "at least one train and one test image" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 def test_every_bird_is_whole_inside_the_frame():
     """A class is decidable only when its head, wing and tail can be seen: every part keypoint of
     every image is visible and the object's box lies inside the image (200 draws, two sizes)."""

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from proto_lightning.atomic import umask_mode
-from proto_lightning.errors import DatasetExistsError
+from proto_lightning.errors import ConfigValueError, DatasetExistsError
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +231,13 @@ def make_dataset(
     is refused unless `overwrite`; then the new dataset is written beside it and replaces it whole,
     so no file of the old one (e.g. a class folder it had and the new one has not) is left.
     """
+    n_train = int(round(per_class * train_fraction))
+    if not 1 <= n_train <= per_class - 1:
+        raise ConfigValueError(
+            f"train_fraction={train_fraction} puts {n_train} of each class's {per_class} images in "
+            "train; every class needs at least one train and one test image: choose a fraction in "
+            f"({0.5 / per_class:.3f}, {1 - 0.5 / per_class:.3f}) or more images per class"
+        )
     final = Path(out)
     if final.exists() and any(final.iterdir()) and not overwrite:
         raise DatasetExistsError(
