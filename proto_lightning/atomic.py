@@ -7,9 +7,13 @@ the same target removes. Files and folders get the modes the user's umask gives 
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import torch
 
 
 def umask_mode(directory: bool = False) -> int:
@@ -38,3 +42,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_torch_save(path: str | Path, value: Any) -> Path:
+    """`torch.save` `value` to `path` atomically (whole or not at all)."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -33,7 +33,7 @@ STAGES = {
     ),
     "decompose": (
         "proto_lightning.stages.decompose:run_decompose",
-        "post-hoc part-prototype network of a black box (blackbox_ckpt=...)",
+        "post-hoc part-prototype network of a black box (blackbox_ckpt=... or blackbox=<name> blackbox_weights=<file>)",
     ),
     "protopnet": (
         "proto_lightning.stages.protopnet:run_protopnet",
@@ -64,6 +64,7 @@ examples:
   proto-lightning blackbox ckpt_path=runs/blackbox/<date>/checkpoints/last.ckpt   # resume
   proto-lightning test ckpt_path=runs/blackbox/<date>/checkpoints/last.ckpt
   proto-lightning decompose blackbox_ckpt=runs/blackbox/<date>/checkpoints/last.ckpt model.prototypes_per_class=3
+  proto-lightning decompose blackbox=convnext_tiny blackbox_weights=my_convnext.pt data=folder data.root=/data/birds
   proto-lightning protopnet data=cub model/backbone=resnet50
   proto-lightning blackbox --cfg job        # print the composed config
 """

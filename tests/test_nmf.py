@@ -1,4 +1,5 @@
-"""Batched HALS NMF: objective against scikit-learn with the same init, determinism, padding invariance."""
+"""Batched HALS NMF: objective against scikit-learn with the same init, determinism, padding invariance;
+semi-NMF (signed features) against a planted factorisation and numpy's least squares."""
 
 import math
 import warnings
@@ -9,7 +10,7 @@ import torch
 from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 
-from proto_lightning.prototypes.nmf import nmf, objective, random_init
+from proto_lightning.prototypes.nmf import factorise, nmf, objective, random_init, semi_nmf
 
 
 def test_objective_within_one_percent_of_sklearn_with_the_same_init():
@@ -125,3 +126,64 @@ def test_a_single_matrix_is_one_problem_and_zero_iterations_return_the_start():
     start = nmf(F, 2, max_iter=0, seed=1)
     assert start.iterations == 0 and torch.equal(start.P, P0) and torch.equal(start.E, E0)
     assert torch.allclose(start.objective, 0.5 * ((F - E0[0] @ P0[0]) ** 2).sum()[None])
+
+
+def planted(seed: int = 0, C: int = 2, N: int = 90, k: int = 3, D: int = 12):
+    """F = E0 P0 with E0 >= 0 and P0 signed: features as after a LayerNorm, exactly of rank k."""
+    g = torch.Generator().manual_seed(seed)
+    E0 = torch.rand(C, N, k, generator=g, dtype=torch.float64)
+    P0 = torch.randn(C, k, D, generator=g, dtype=torch.float64)
+    return E0 @ P0
+
+
+def test_semi_nmf_recovers_a_planted_signed_factorisation():
+    F = planted()
+    assert (F < 0).any()
+    found = semi_nmf(F, 3, max_iter=3000, tol=1e-12)
+    relative = found.objective / (0.5 * (F * F).sum((1, 2)))
+    assert (relative < 1e-4).all()
+    assert (found.E >= 0).all() and (found.P < 0).any()
+    assert torch.allclose(found.objective, objective(F, found.E, found.P))
+
+
+def test_semi_nmf_bases_are_numpys_least_squares_given_the_part_maps():
+    F = planted(1) + 0.1 * torch.randn(2, 90, 12, dtype=torch.float64)
+    found = semi_nmf(F, 3, max_iter=40, tol=0.0)
+    for c in range(2):
+        reference = np.linalg.lstsq(found.E[c].numpy(), F[c].numpy(), rcond=None)[0]
+        assert np.allclose(found.P[c].numpy(), reference, atol=1e-8)
+
+
+def test_semi_nmf_objective_never_increases():
+    F = planted(2) + 0.3 * torch.randn(2, 90, 12, dtype=torch.float64)
+    trajectory = torch.stack([semi_nmf(F, 4, max_iter=i, tol=0.0).objective for i in range(1, 25)])
+    assert (trajectory[1:] <= trajectory[:-1] * (1 + 1e-12)).all()
+    assert (trajectory[-1] < 0.5 * trajectory[0]).all()
+
+
+def test_semi_nmf_zero_padding_changes_nothing():
+    F = planted(3, C=1, N=18)
+    E0 = random_init(F, 3, seed=5)[0]
+    padded = torch.cat([F, torch.zeros(1, 12, 12, dtype=F.dtype)], dim=1)
+    E0p = torch.cat([E0, torch.zeros(1, 12, 3, dtype=F.dtype)], dim=1)
+    a = semi_nmf(F, 3, max_iter=30, tol=0.0, init=E0)
+    b = semi_nmf(padded, 3, max_iter=30, tol=0.0, init=E0p)
+    assert (b.E[0, 18:] == 0).all()
+    assert torch.allclose(a.P, b.P, atol=1e-10) and torch.allclose(a.objective, b.objective)
+
+
+def test_factorise_chooses_semi_nmf_exactly_when_a_feature_is_negative():
+    signed = planted(4)
+    non_negative = signed.abs()
+    assert torch.equal(factorise(signed, 3, max_iter=10).P, semi_nmf(signed, 3, max_iter=10).P)
+    assert torch.equal(
+        factorise(non_negative, 3, max_iter=10).P, nmf(non_negative, 3, max_iter=10).P
+    )
+    assert torch.equal(
+        factorise(non_negative, 3, "seminmf", max_iter=10).P,
+        semi_nmf(non_negative, 3, max_iter=10).P,
+    )
+    with pytest.raises(ValueError, match="negative values"):
+        factorise(signed, 3, "nmf")
+    with pytest.raises(ValueError, match="must be one of"):
+        factorise(signed, 3, "pca")

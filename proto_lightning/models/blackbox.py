@@ -36,11 +36,18 @@ SCHEDULER_DEFAULTS = {"warmup_epochs": 0, "min_lr_ratio": 0.0}
 
 
 class BlackBoxNet(nn.Module):
-    """logits = V . mean_j f_j(x) + b, with f_j(x) the post-ReLU feature vectors of the backbone."""
+    """logits = V . mean_j f_j(x) + b, with f_j(x) the feature vectors of the backbone's last map."""
 
-    def __init__(self, backbone: str, num_classes: int, weights: str | None = None) -> None:
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        weights: str | None = None,
+        library: str | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
-        self.backbone = build_backbone(backbone, weights)
+        self.backbone = build_backbone(backbone, weights, library, kwargs)
         self.head = nn.Linear(self.backbone.out_channels, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +91,13 @@ class BlackBoxClassifier(L.LightningModule):
                 "label_smoothing": label_smoothing,
             }
         )
-        self.net = BlackBoxNet(backbone["name"], num_classes, backbone.get("weights"))
+        self.net = BlackBoxNet(
+            backbone["name"],
+            num_classes,
+            backbone.get("weights"),
+            backbone.get("library"),
+            backbone.get("kwargs"),
+        )
         self.metrics = nn.ModuleDict(
             {
                 f"{split}_acc": MulticlassAccuracy(num_classes, average="micro")

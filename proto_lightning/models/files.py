@@ -8,6 +8,7 @@ explicit, documented opt-in to a full unpickle, for an old file the user made th
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,8 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from proto_lightning.errors import IncompatibleWeightsError, UntrustedFileError
+
+log = logging.getLogger(__name__)
 
 # torch's weights-only unpickler prefixes every refusal of a Python object with this sentence
 _WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
@@ -143,3 +147,57 @@ def require_class_count(what: str, path: str | Path, found: int, expected: int, 
             f"{what} {path} predicts {found} classes but the data has {expected}: it was made on "
             f"another dataset; {stage} it on the data it was trained on"
         )
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a `torch.save` file (read as data) or a .safetensors file; a `state_dict`
+    entry is unwrapped and DDP's `module.` prefix dropped."""
+    if Path(path).suffix == ".safetensors":
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"weight file {path} does not exist")
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as err:
+            raise IncompatibleWeightsError(f"cannot read weight file {path}: {err}") from err
+    else:
+        state = read_torch_file(path, "weight file")
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise IncompatibleWeightsError(
+            f"{path} holds a {type(state).__name__} that is not a state dict (names -> tensors)"
+        )
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def load_state_dict_file(
+    module: nn.Module, path: Path, ignore_prefixes: tuple[str, ...] = ()
+) -> None:
+    """Load a state dict saved with `torch.save` into `module`, or explain what does not fit."""
+    load_state_dict_checked(module, read_state_dict(path), path, ignore_prefixes)
+
+
+def load_state_dict_checked(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    path: Path,
+    ignore_prefixes: tuple[str, ...] = (),
+) -> None:
+    """Load `state` (from file `path`) into `module`, refusing, with the keys named, what does not fit."""
+    state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
+    own = {k: v for k, v in module.state_dict().items() if not k.startswith(ignore_prefixes)}
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    wrong_shape = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        raise IncompatibleWeightsError(
+            f"weights in {path} do not fit {type(module).__name__}: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:3]}), {len(wrong_shape)} of another shape (e.g. {wrong_shape[:3]}). "
+            "Is it a checkpoint of another architecture? Pick the matching model/backbone."
+        )
+    module.load_state_dict(state, strict=False)
+    log.info("loaded %d tensors from %s", len(state), path)

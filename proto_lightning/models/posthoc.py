@@ -7,7 +7,6 @@ computed as (mean_j f_j) . p~_i; its heatmap f_j(x) . p~_i is only formed when e
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from proto_lightning.atomic import atomic_write_bytes
+from proto_lightning.atomic import atomic_torch_save
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.blackbox import BlackBoxClassifier, BlackBoxNet
 from proto_lightning.models.files import plain_data, read_torch_file, require_kind
@@ -159,14 +158,14 @@ class PostHocPrototypeNetwork(L.LightningModule):
             "extras": plain_data(self.extras),
             "blackbox": {
                 "backbone": self.blackbox.backbone.name,
+                "library": self.blackbox.backbone.library,
+                "kwargs": self.blackbox.backbone.kwargs,
                 "num_classes": self.num_classes,
                 "state_dict": {k: v.cpu() for k, v in self.blackbox.state_dict().items()},
             },
             "metadata": plain_data(dict(metadata or {})),
         }
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        return atomic_write_bytes(path, buffer.getvalue())
+        return atomic_torch_save(path, state)
 
     @classmethod
     def load(
@@ -196,7 +195,12 @@ class PostHocPrototypeNetwork(L.LightningModule):
                 f"{path} is not a post-hoc PPN artifact of format {ARTIFACT_FORMAT} (found {found!r})"
             )
         saved = state["blackbox"]
-        own = BlackBoxNet(saved["backbone"], saved["num_classes"])
+        own = BlackBoxNet(
+            saved["backbone"],
+            saved["num_classes"],
+            library=saved.get("library"),
+            kwargs=saved.get("kwargs"),
+        )
         own.load_state_dict(saved["state_dict"])
         if blackbox is None:
             blackbox = own

@@ -81,9 +81,11 @@ class ProtoPNetNet(nn.Module):
         add_on: str = "regular",
         epsilon: float = 1e-4,
         incorrect_class_connection: float = -0.5,
+        library: str | None = None,
+        backbone_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = build_backbone(backbone, weights)
+        self.backbone = build_backbone(backbone, weights, library, backbone_kwargs)
         self.add_on = add_on_layers(self.backbone.out_channels, prototype_dim, add_on)
         m = num_classes * prototypes_per_class
         self.num_classes, self.prototypes_per_class, self.epsilon = (
@@ -220,6 +222,8 @@ class ProtoPNet(L.LightningModule):
             add_on,
             epsilon,
             incorrect_class_connection,
+            backbone.get("library"),
+            backbone.get("kwargs"),
         )
         if init_from_blackbox is not None:
             self.init_backbone_from(init_from_blackbox, trust_file)

@@ -1,7 +1,8 @@
 """Decompose a linear head V (C, D) into k part-prototypes per class with sum_i p~_i = v_c exactly.
 
 Tan, Zhou & Chen (ICML 2024), DESIGN.md section 2:
-  1. discovery   F_c ~ E P by NMF (`nmf.py`), P = (p_1..p_k) the part bases, E's columns the part maps;
+  1. discovery   F_c ~ E P by NMF, or semi-NMF for signed features (`nmf.py`), P = (p_1..p_k) the
+                 part bases, E's columns the part maps;
   2. coefficients alpha = argmin ||v_c - sum_i alpha_i p_i||^2 (minimum-norm least squares, pinv);
   3. refinement  R = v_c - sum_i alpha_i p_i is distributed: p~_i = alpha_i p_i + r_i, sum_i r_i = R.
 
@@ -44,7 +45,7 @@ import torch
 from scipy.optimize import minimize
 
 from proto_lightning.prototypes.features import FeatureStore
-from proto_lightning.prototypes.nmf import nmf
+from proto_lightning.prototypes.nmf import factorise
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +182,10 @@ CONSTRAINTS = ("simplex", "sum_to_one")
 
 @dataclass(frozen=True)
 class NMFSettings:
-    """Discovery (`model.nmf`): HALS iterations and tolerance, classes factorised together."""
+    """Discovery (`model.nmf`): method (auto | nmf | seminmf), HALS iterations and tolerance,
+    classes factorised together."""
 
+    method: str = "auto"
     max_iter: int = 200
     tol: float = 1e-4
     classes_per_batch: int = 16
@@ -310,7 +313,14 @@ def _decompose_batch(
     F = torch.zeros(len(slices), max(len(s) for s in slices), V.shape[1], device=device)
     for i, s in enumerate(slices):  # (C_b, N_max, D), zero-padded
         F[i, : len(s)] = s.to(device)
-    found = nmf(F, k, max_iter=nmf_settings.max_iter, tol=nmf_settings.tol, seed=seed + classes[0])
+    found = factorise(
+        F,
+        k,
+        nmf_settings.method,
+        max_iter=nmf_settings.max_iter,
+        tol=nmf_settings.tol,
+        seed=seed + classes[0],
+    )
     V_b = V[list(classes)].to(device)
     alpha = least_squares_alpha(found.P, V_b)  # (C_b, k) float64
     residual = V_b.double() - (alpha.unsqueeze(-1) * found.P.double()).sum(1)  # (C_b, D)

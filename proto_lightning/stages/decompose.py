@@ -11,14 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from proto_lightning.callbacks.faithfulness import METRICS as FAITHFULNESS_METRICS
 from proto_lightning.config import resolved_container
 from proto_lightning.distributed import barrier, contiguous_share, gather_objects, launch
-from proto_lightning.errors import DatasetLayoutError, IncompatibleWeightsError
+from proto_lightning.errors import ConfigValueError, DatasetLayoutError, IncompatibleWeightsError
 from proto_lightning.models import BlackBoxClassifier, BlackBoxNet
 from proto_lightning.models.files import require_class_count
+from proto_lightning.models.imported import import_classifier, save_as_checkpoint
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
 from proto_lightning.prototypes.boxes import projected_boxes
 from proto_lightning.prototypes.decomposition import (
@@ -213,6 +214,32 @@ def require_push_images(datamodule) -> None:
         )
 
 
+def import_blackbox(cfg: DictConfig, num_classes: int, run_dir: Path) -> None:
+    """With `blackbox=<name> blackbox_weights=<file>`: the user's classifier, written as the black-box
+    checkpoint `<run>/blackbox.ckpt`, which becomes `cfg.blackbox_ckpt`."""
+    if cfg.get("blackbox") is None:
+        if cfg.get("blackbox_ckpt") is None:
+            raise ConfigValueError(
+                "decompose needs a black box: blackbox_ckpt=<checkpoint of `proto-lightning "
+                "blackbox`>, or your own classifier as blackbox=<torchvision or timm name> "
+                "blackbox_weights=<state-dict file>"
+            )
+        return
+    if cfg.get("blackbox_ckpt") is not None:
+        raise ConfigValueError("give blackbox_ckpt=<checkpoint> or blackbox=<name>, not both")
+    if cfg.get("blackbox_weights") is None:
+        raise ConfigValueError(
+            f"blackbox={cfg.blackbox} needs blackbox_weights=<its state-dict file>; a randomly "
+            "initialised classifier has nothing to explain"
+        )
+    classifier = import_classifier(
+        cfg.blackbox, cfg.blackbox_weights, num_classes, cfg.get("blackbox_kwargs")
+    )
+    checkpoint = save_as_checkpoint(classifier, run_dir / "blackbox.ckpt", cfg.blackbox_weights)
+    with open_dict(cfg):
+        cfg.blackbox_ckpt = str(checkpoint)
+
+
 def load_blackbox(cfg: DictConfig, num_classes: int) -> BlackBoxNet:
     """The frozen black box of `cfg.blackbox_ckpt`, refused when its classes or backbone do not fit."""
     blackbox = BlackBoxClassifier.load_checkpoint(cfg.blackbox_ckpt, trust_file=cfg.trust_file)
@@ -388,9 +415,10 @@ def test_and_log(
 
 
 def run_decompose(cfg: DictConfig) -> StageResult:
-    """Decompose the head of `cfg.blackbox_ckpt` into `model.prototypes_per_class` prototypes per class:
+    """Decompose the head of `cfg.blackbox_ckpt` (or of the imported `cfg.blackbox`) into `model.prototypes_per_class` prototypes per class:
     collect -> decompose -> project -> build the network and its artifact -> test and log."""
     run_dir, datamodule = start_run(cfg)
+    import_blackbox(cfg, datamodule.num_classes, run_dir)
     net = load_blackbox(cfg, datamodule.num_classes)
     fabric = launch(cfg.trainer)
     rank, world = fabric.global_rank, fabric.world_size
