@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from PIL import Image
+from scipy.spatial.distance import cdist
 
 from proto_lightning.data.generate import make_dataset
 from proto_lightning.errors import ConfigValueError, IncompatibleWeightsError, MissingArtifactError
@@ -31,7 +32,7 @@ def read_rows(path: Path) -> dict[str, dict[str, str]]:
 def test_demo_table_has_every_method_and_metric(tiny_demo, stage_config):
     run = tiny_demo.run_dir
     rows = read_rows(run / "evaluate" / "results.csv")
-    assert list(rows) == ["black box", "Post-hoc PPN", "ProtoPNet", "Grad-CAM", "LIME"]
+    assert list(rows) == ["black box", "Post-hoc PPN", "ProtoPNet", "KMEx", "Grad-CAM", "LIME"]
     assert set(METRICS) <= set(rows["LIME"])
     # black-box accuracy, recomputed here by a plain loop over the test split
     cfg = stage_config("evaluate")
@@ -48,11 +49,22 @@ def test_demo_table_has_every_method_and_metric(tiny_demo, stage_config):
         posthoc["accuracy"] == rows["black box"]["accuracy"] and float(posthoc["agreement"]) == 1.0
     )
     assert float(posthoc["head_error"]) < 1e-5
+    # KMEx: the nearest k-means centre's class, recomputed with scipy's distances on the embeddings
+    kmex = torch.load(run / "decompose" / "kmex.pt", weights_only=True)
+    centres = kmex["prototypes"].reshape(-1, kmex["prototypes"].shape[-1]).numpy()  # (C k, D)
+    with torch.no_grad():
+        z = torch.cat([net.features(s["image"][None]).mean((2, 3)) for s in datamodule.test_set])
+    nearest = cdist(z.numpy(), centres).argmin(1) // kmex["prototypes"].shape[1]
+    labels = np.array([s["label"] for s in datamodule.test_set])
+    assert float(rows["KMEx"]["accuracy"]) == pytest.approx(float((nearest == labels).mean()))
+    bb_pred = np.array([int(net(s["image"][None]).argmax()) for s in datamodule.test_set])
+    assert float(rows["KMEx"]["agreement"]) == pytest.approx(float((nearest == bb_pred).mean()))
+    assert rows["KMEx"]["head_error"] == "" and int(float(rows["KMEx"]["prototypes"])) == 4 * 3
     assert (
         int(float(posthoc["prototypes"])) == 4 * 3
         and int(float(rows["ProtoPNet"]["prototypes"])) == 4 * 2
     )
-    for method in ("Post-hoc PPN", "ProtoPNet"):  # consistency: a share of the prototypes
+    for method in ("Post-hoc PPN", "ProtoPNet", "KMEx"):  # consistency: a share of the prototypes
         consistent = float(rows[method]["consistency"]) * float(rows[method]["prototypes"])
         assert consistent == pytest.approx(round(consistent), abs=1e-6)
     assert rows["Grad-CAM"]["consistency"] == "" and rows["black box"]["deletion_auc"] == ""
@@ -138,7 +150,7 @@ def test_prototype_grid_frames_the_receptive_field_and_the_high_activation_box(t
 
 def test_the_declared_metric_names_cover_what_evaluate_reports(tiny_demo):
     reported = {k.removeprefix("evaluate ") for k in tiny_demo.metrics if k.startswith("evaluate ")}
-    assert reported and reported <= metric_names(["posthoc", "protopnet", "gradcam", "lime"])
+    assert reported and reported <= metric_names(["posthoc", "protopnet", "kmex", "gradcam", "lime"])
 
 
 def test_an_unknown_part_protocol_is_refused_before_any_work(stage_config, tmp_path: Path):

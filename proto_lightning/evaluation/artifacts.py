@@ -1,6 +1,6 @@
 """Find and load what the evaluation compares: the black box, the post-hoc PPN and ProtoPNet.
 
-Paths come from the config (`blackbox_ckpt`, `posthoc`, `protopnet_ckpt`) or from a run folder of
+Paths come from the config (`blackbox_ckpt`, `posthoc`, `protopnet_ckpt`, `kmex_artifact`) or from a run folder of
 `make demo` / `proto-lightning demo` (`from_run`), whose stage sub-folders hold them. A missing
 file names the stage that makes it; a model of another class count than the data is refused.
 """
@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from proto_lightning.errors import MissingArtifactError
 from proto_lightning.models import BlackBoxClassifier, BlackBoxNet
 from proto_lightning.models.files import require_class_count
+from proto_lightning.models.kmex import KMExNetwork
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
 from proto_lightning.models.protopnet import ProtoPNet
 
@@ -22,27 +23,39 @@ MAKES = {
     "blackbox_ckpt": "proto-lightning blackbox",
     "posthoc": "proto-lightning decompose blackbox_ckpt=<black-box checkpoint>",
     "protopnet_ckpt": "proto-lightning protopnet",
+    "kmex_artifact": "proto-lightning decompose kmex.enabled=true",
 }
 
 
 @dataclass
 class Models:
-    """The evaluated models; the post-hoc PPN and ProtoPNet are optional."""
+    """The evaluated models; the post-hoc PPN, ProtoPNet and KMEx are optional."""
 
     blackbox: BlackBoxNet
     posthoc: PostHocPrototypeNetwork | None
     protopnet: ProtoPNet | None
     paths: dict[str, Path]
+    kmex: KMExNetwork | None = None
+
+    def networks(self) -> list:
+        """Every loaded model, the black box first."""
+        return [
+            m for m in (self.blackbox, self.posthoc, self.protopnet, self.kmex) if m is not None
+        ]
 
 
 def _from_run(run: Path) -> dict[str, Path]:
-    """The demo's stage outputs in a run folder; the best black-box checkpoint, ProtoPNet's final one."""
+    """The demo's stage outputs in a run folder; the best black-box checkpoint, ProtoPNet's final one,
+    and KMEx's artifact when decompose made one."""
     best = sorted((run / "blackbox" / "checkpoints").glob("best-*.ckpt"))
-    return {
+    paths = {
         "blackbox_ckpt": best[-1] if best else run / "blackbox" / "checkpoints" / "best-*.ckpt",
         "posthoc": run / "decompose" / "posthoc.pt",
         "protopnet_ckpt": run / "protopnet" / "checkpoints" / "last.ckpt",
     }
+    if (run / "decompose" / "kmex.pt").is_file():
+        paths["kmex_artifact"] = run / "decompose" / "kmex.pt"
+    return paths
 
 
 def locate(cfg: DictConfig) -> dict[str, Path]:
@@ -89,4 +102,9 @@ def load_models(paths: dict[str, Path], num_classes: int, trust_file: bool = Fal
         require_class_count(
             "ProtoPNet", paths["protopnet_ckpt"], protopnet.num_classes, num_classes, "evaluate"
         )
-    return Models(blackbox, posthoc, protopnet, paths)
+    kmex = (
+        KMExNetwork.load(paths["kmex_artifact"], blackbox=blackbox)
+        if "kmex_artifact" in paths
+        else None
+    )
+    return Models(blackbox, posthoc, protopnet, paths, kmex)

@@ -10,6 +10,7 @@ from proto_lightning.evaluation.artifacts import Models
 from proto_lightning.explainers import (
     Explainer,
     GradCAMExplainer,
+    KMExExplainer,
     LimeExplainer,
     PostHocExplainer,
     ProtoPNetExplainer,
@@ -23,6 +24,9 @@ EXPLAINERS: dict[str, Callable[[Models, Mapping[str, Any], int], Explainer | Non
     "protopnet": lambda models, settings, seed: (
         ProtoPNetExplainer(models.protopnet) if models.protopnet is not None else None
     ),
+    "kmex": lambda models, settings, seed: (
+        KMExExplainer(models.kmex) if models.kmex is not None else None
+    ),
     "gradcam": lambda models, settings, seed: GradCAMExplainer(models.blackbox),
     "lime": lambda models, settings, seed: LimeExplainer(
         models.blackbox, **settings["lime"], seed=seed
@@ -34,6 +38,7 @@ EXPLAINERS: dict[str, Callable[[Models, Mapping[str, Any], int], Explainer | Non
 ROW_NAMES = {
     "posthoc": PostHocExplainer.name,
     "protopnet": ProtoPNetExplainer.name,
+    "kmex": KMExExplainer.name,
     "gradcam": GradCAMExplainer.name,
     "lime": LimeExplainer.name,
 }
@@ -52,3 +57,7 @@ def build_explainers(
         )
     built = {m: EXPLAINERS[m](models, settings, seed) for m in methods}
     return {m: explainer for m, explainer in built.items() if explainer is not None}
+
+
+# the methods that classify with their own model (the others explain the black box's decisions)
+OWN_MODELS = ("posthoc", "protopnet", "kmex")

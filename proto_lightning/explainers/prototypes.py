@@ -1,9 +1,10 @@
-"""The two part-prototype networks behind the explainer interface.
+"""The part-prototype networks behind the explainer interface (post-hoc PPN, ProtoPNet, KMEx).
 
 Post-hoc PPN: a class's heatmap is the sum of its prototypes' maps, sum_i f(h, w) . p~_i = f(h, w) . v_c
 (the refined prototypes sum to the head row exactly), i.e. every "this looks like that" term at once.
 ProtoPNet: a class's heatmap is its logit before max-pooling, sum_j w_cj sim_j(h, w) over all
 prototypes j (last-layer weights w, similarity log((d + 1) / (d + eps)) at each location).
+KMEx: a class's heatmap is its nearest prototype's gradient x input map (models/kmex.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from proto_lightning.explainers.base import to_input_size
+from proto_lightning.models.kmex import KMExNetwork
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
 from proto_lightning.models.protopnet import ProtoPNet
 
@@ -74,3 +76,29 @@ class ProtoPNetExplainer:
         return to_input_size(
             torch.einsum("bmhw,bm->bhw", self.similarity_maps(images), weights), images
         )
+
+
+class KMExExplainer:
+    """KMEx: a nearest-prototype classifier on the black box's embeddings (its own decisions)."""
+
+    name = "KMEx"
+
+    def __init__(self, model: KMExNetwork) -> None:
+        self.model = model.eval()
+        self.prototypes_per_class = model.prototypes_per_class
+
+    def classifier(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C): each class's nearest prototype's similarity."""
+        return self.model(images)
+
+    @torch.no_grad()
+    def prototype_maps(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Gradient x input maps of the classes' prototypes (B, k, h, w)."""
+        return self.model.prototype_maps(images, classes)[0]
+
+    @torch.no_grad()
+    def explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The map of the target class's nearest prototype (B, H, W)."""
+        maps, distances = self.model.prototype_maps(images, targets)  # (B, k, h, w), (B, k)
+        nearest = maps[torch.arange(len(maps), device=maps.device), distances.argmin(1)]
+        return to_input_size(nearest, images)

@@ -17,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from proto_lightning.atomic import atomic_torch_save
 from proto_lightning.errors import IncompatibleWeightsError
-from proto_lightning.models.blackbox import BlackBoxClassifier, BlackBoxNet
+from proto_lightning.models.blackbox import BlackBoxNet, blackbox_entry, restore_blackbox
 from proto_lightning.models.files import plain_data, read_torch_file, require_kind
 from proto_lightning.prototypes.decomposition import relative_head_error
 from proto_lightning.prototypes.network import (
@@ -156,13 +156,7 @@ class PostHocPrototypeNetwork(L.LightningModule):
             "bias": self.bias.cpu(),
             "projection": self.projection.to_dict() if self.projection is not None else None,
             "extras": plain_data(self.extras),
-            "blackbox": {
-                "backbone": self.blackbox.backbone.name,
-                "library": self.blackbox.backbone.library,
-                "kwargs": self.blackbox.backbone.kwargs,
-                "num_classes": self.num_classes,
-                "state_dict": {k: v.cpu() for k, v in self.blackbox.state_dict().items()},
-            },
+            "blackbox": blackbox_entry(self.blackbox),
             "metadata": plain_data(dict(metadata or {})),
         }
         return atomic_torch_save(path, state)
@@ -194,29 +188,9 @@ class PostHocPrototypeNetwork(L.LightningModule):
             raise IncompatibleArtifactError(
                 f"{path} is not a post-hoc PPN artifact of format {ARTIFACT_FORMAT} (found {found!r})"
             )
-        saved = state["blackbox"]
-        own = BlackBoxNet(
-            saved["backbone"],
-            saved["num_classes"],
-            library=saved.get("library"),
-            kwargs=saved.get("kwargs"),
+        blackbox = restore_blackbox(
+            state["blackbox"], blackbox, path, IncompatibleArtifactError, trust_file
         )
-        own.load_state_dict(saved["state_dict"])
-        if blackbox is None:
-            blackbox = own
-        else:
-            if not isinstance(blackbox, BlackBoxNet):
-                blackbox = BlackBoxClassifier.load_checkpoint(blackbox, trust_file=trust_file).net
-            mine, theirs = own.head.weight, blackbox.head.weight
-            if mine.shape != theirs.shape:
-                raise IncompatibleArtifactError(
-                    f"{path} decomposes a head of shape {tuple(mine.shape)} (C, D); the given black box has "
-                    f"{tuple(theirs.shape)}: pass the black box it was made from"
-                )
-            if not torch.allclose(mine, theirs.detach().cpu(), atol=1e-6):
-                raise IncompatibleArtifactError(
-                    f"{path} was decomposed from another black box (its head weights differ)"
-                )
         projection = (
             Projection.from_dict(state["projection"]) if state["projection"] is not None else None
         )

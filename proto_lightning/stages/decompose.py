@@ -20,6 +20,7 @@ from proto_lightning.errors import ConfigValueError, DatasetLayoutError, Incompa
 from proto_lightning.models import BlackBoxClassifier, BlackBoxNet
 from proto_lightning.models.files import require_class_count
 from proto_lightning.models.imported import import_classifier, save_as_checkpoint
+from proto_lightning.models.kmex import KMExNetwork
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
 from proto_lightning.prototypes.boxes import projected_boxes
 from proto_lightning.prototypes.decomposition import (
@@ -29,6 +30,7 @@ from proto_lightning.prototypes.decomposition import (
     decompose_head,
 )
 from proto_lightning.prototypes.features import FeatureStore, collect_features
+from proto_lightning.prototypes.kmeans import KMeansSettings, class_centres, image_embeddings
 from proto_lightning.prototypes.projection import NearestPatchIndex, Projection, all_reduce_nearest
 from proto_lightning.stages.common import (
     StageResult,
@@ -324,6 +326,38 @@ def project(
     return projection, boxes
 
 
+def fit_kmex(
+    store: FeatureStore | None,
+    net: BlackBoxNet,
+    share: ClassShare,
+    cfg: DictConfig,
+    run_dir: Path,
+    rank: int,
+) -> Path | None:
+    """With `kmex.enabled`: KMEx's k-means prototypes of the store's image embeddings (each rank its
+    classes), each shown as its class's nearest training image (FAISS, L2), written as `kmex.pt`."""
+    settings = cfg.get("kmex")
+    if settings is None or not settings.enabled:
+        return None
+    embeddings = image_embeddings(store) if store is not None else None
+    local = None
+    if embeddings is not None:
+        kmeans = KMeansSettings(settings.prototypes_per_class, settings.n_init, settings.max_iter)
+        local = class_centres(embeddings, share.classes, kmeans, cfg.seed)
+    prototypes = torch.cat([p for p in gather_objects(local) if p is not None])  # (C, k, D)
+    nearest = (
+        project_prototypes(embeddings, prototypes, "l2", True, cfg.model.projection.device)
+        if embeddings is not None
+        else Projection.empty(prototypes.shape[0] * prototypes.shape[1])
+    )
+    model = KMExNetwork(net, prototypes, settings.epsilon, all_reduce_nearest(nearest))
+    artifact = run_dir / "kmex.pt"
+    if rank == 0:
+        model.save(artifact, {"blackbox_ckpt": str(Path(cfg.blackbox_ckpt).resolve())})
+    barrier()
+    return artifact
+
+
 def build_network(
     net: BlackBoxNet,
     decomposition: HeadDecomposition,
@@ -439,9 +473,13 @@ def run_decompose(cfg: DictConfig) -> StageResult:
         projection, boxes = project(
             store, decomposition, net, datamodule, cfg.model.projection, device
         )
+    with timed(timings, "kmex"):
+        kmex = fit_kmex(store, net, share, cfg, run_dir, rank)
     model = build_network(net, decomposition, projection, boxes, store, datamodule)
     artifact = save_artifact(model, cfg, run_dir, timings, rank)
     result = StageResult("decompose", run_dir, {"artifact": artifact})
+    if kmex is not None:
+        result.artifacts["kmex"] = kmex
     return test_and_log(cfg, model, decomposition, datamodule, result, timings)
 
 
@@ -468,7 +506,7 @@ DECOMPOSE_METRICS = {
             "objective_refined_mean",
         )
     ),
-    *(f"time/{k}" for k in ("features", "nmf+refinement", "projection")),
+    *(f"time/{k}" for k in ("features", "nmf+refinement", "projection", "kmex")),
 }
 
 

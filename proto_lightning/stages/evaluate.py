@@ -24,7 +24,7 @@ from proto_lightning.evaluation.figures import (
     curves_figure,
     explanation_figure,
 )
-from proto_lightning.evaluation.methods import ROW_NAMES, build_explainers
+from proto_lightning.evaluation.methods import OWN_MODELS, ROW_NAMES, build_explainers
 from proto_lightning.evaluation.report import write_report
 from proto_lightning.evaluation.scores import (
     Faithfulness,
@@ -221,7 +221,7 @@ def measure_method(
     prototypes, consistency and stability (and the post-hoc PPN's head error)."""
     settings = cfg.evaluation
     estimate = partial(mean_estimate, **bootstrap_settings(cfg))
-    own_model = key in ("posthoc", "protopnet")
+    own_model = key in OWN_MODELS
     pred = data.blackbox_pred
     if own_model:
         pred = gather_images(
@@ -413,9 +413,8 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
     fabric = launch(cfg.trainer)
     rank, world = fabric.global_rank, fabric.world_size
     device = fabric.device if world > 1 else stage_device(cfg)
-    for model in (models.blackbox, models.posthoc, models.protopnet):
-        if model is not None:
-            model.to(device).eval()
+    for model in models.networks():
+        model.to(device).eval()
     data = test_images(datamodule, models.blackbox, cfg, rank, world, device)
     explainers = build_explainers(models, cfg.evaluation, cfg.seed)
     measured = measure(explainers, models, data, datamodule, cfg, device)
@@ -478,7 +477,12 @@ def write_figures(
     images = torch.stack([datamodule.test_set[int(i)]["image"] for i in shown_images]).to(device)
     with torch.no_grad():
         blackbox_pred = models.blackbox(images).argmax(1).tolist()
-        protopnet_pred = protopnet.classifier(images).argmax(1).tolist() if protopnet else []
+        predicted = {  # RISE's rule: each method explains its model's predicted class
+            k: explainers[k].classifier(images).argmax(1).tolist()
+            if k in OWN_MODELS
+            else blackbox_pred
+            for k in heatmaps
+        }
     for n in range(len(shown_images)):
         image = images[n]
         picture = to_uint8(image, datamodule.mean, datamodule.std)
@@ -486,18 +490,13 @@ def write_figures(
         names_of = datamodule.records.class_names
         title = f"test image {int(subset[n])}: true {names_of[label]}, black box predicts {names_of[blackbox_pred[n]]}"
         own = (
-            protopnet_terms(protopnet, image, protopnet_pred[n], datamodule, top)
+            protopnet_terms(protopnet, image, predicted["protopnet"][n], datamodule, top)
             if protopnet
             else []
         )
         post = posthoc_terms(posthoc, image, blackbox_pred[n], datamodule, top) if posthoc else []
         shown = {explainers[k].name: h[n].numpy() for k, h in heatmaps.items()}
-        explained = {  # RISE's rule: each method explains its model's predicted class
-            explainers[k].name: names_of[
-                protopnet_pred[n] if k == "protopnet" else blackbox_pred[n]
-            ]
-            for k in heatmaps
-        }
+        explained = {explainers[k].name: names_of[predicted[k][n]] for k in heatmaps}
         paths.append(
             explanation_figure(
                 folder / f"image_{int(subset[n]):05d}.png",
