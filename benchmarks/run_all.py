@@ -11,7 +11,13 @@ import importlib.util
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ("projection.py", "faithfulness.py", "faithfulness_callback.py", "decompose_memory.py")
+SCRIPTS = (
+    "projection.py",
+    "faithfulness.py",
+    "faithfulness_callback.py",
+    "decompose_memory.py",
+    "decompose_backbones.py",
+)
 
 
 def load(name: str):

@@ -133,6 +133,24 @@ def test_a_timm_backbone_trains_as_the_black_box_body(tmp_path):
     assert torch.equal(again(x), model.eval()(x))
 
 
+def test_the_timm_config_group_builds_the_named_model_with_its_kwargs():
+    from proto_lightning.config import compose_config
+
+    cfg = compose_config(
+        "blackbox",
+        [
+            "data.root=unused",
+            "model/backbone=timm",
+            "model.backbone.name=vit_tiny_patch16_224",
+            "model.backbone.kwargs={global_pool: avg, img_size: 32, depth: 1}",
+            "model.num_classes=3",
+        ],
+    )
+    model = build(cfg.model, _convert_="all")
+    assert model.net.features(torch.randn(1, 3, 32, 32)).shape == (1, 192, 2, 2)
+    assert model.hparams.backbone["kwargs"] == {"global_pool": "avg", "img_size": 32, "depth": 1}
+
+
 def test_a_torchvision_state_dict_round_trips_through_a_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=C).eval()

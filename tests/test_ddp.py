@@ -38,6 +38,8 @@ def test_decompose_and_evaluate_on_three_gloo_processes_match_one(parts_root: Pa
     shared = [
         "model.nmf.classes_per_batch=2",
         "model.projection.class_restricted=false",
+        "kmex.enabled=true",  # KMEx's k-means per rank's classes, its nearest images min-reduced
+        "kmex.prototypes_per_class=2",
     ]  # 2 batches
     for name, (world, trainer) in {
         "one": (1, ONE),
@@ -57,6 +59,12 @@ def test_decompose_and_evaluate_on_three_gloo_processes_match_one(parts_root: Pa
     for key in ("rows", "locations"):  # the min-reduce over rank shards finds the same patches
         assert torch.equal(one["projection"][key], three["projection"][key])
     assert three["extras"]["map_size"] == one["extras"]["map_size"]
+    one, three = (
+        torch.load(tmp_path / f"dec_{n}" / "kmex.pt", weights_only=True) for n in ("one", "three")
+    )
+    assert one["prototypes"].shape == (4, 2, 128)
+    assert torch.allclose(one["prototypes"], three["prototypes"], atol=1e-6)
+    assert torch.equal(one["projection"]["rows"], three["projection"]["rows"])
 
     tables = {}
     for name, trainer in {"one": ONE, "two": ["trainer=ddp_cpu", "trainer.devices=2"]}.items():

@@ -150,7 +150,9 @@ def test_prototype_grid_frames_the_receptive_field_and_the_high_activation_box(t
 
 def test_the_declared_metric_names_cover_what_evaluate_reports(tiny_demo):
     reported = {k.removeprefix("evaluate ") for k in tiny_demo.metrics if k.startswith("evaluate ")}
-    assert reported and reported <= metric_names(["posthoc", "protopnet", "kmex", "gradcam", "lime"])
+    assert reported and reported <= metric_names(
+        ["posthoc", "protopnet", "kmex", "gradcam", "lime"]
+    )
 
 
 def test_an_unknown_part_protocol_is_refused_before_any_work(stage_config, tmp_path: Path):
