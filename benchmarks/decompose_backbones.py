@@ -24,7 +24,9 @@ MODELS = {"ConvNeXt (convnext_pico)": "convnext_pico", "ResNet (resnet18)": "res
 PARTS = ("features", "nmf+refinement", "projection")
 
 
-def decompose_seconds(name: str, data: Path, image_size: int, tmp: Path) -> dict[str, float]:
+def decompose_seconds(
+    name: str, data: Path, image_size: int, tmp: Path, extra: list[str]
+) -> dict[str, float]:
     """The decompose stage's own time split for the timm model `name` (random weights)."""
     torch.manual_seed(0)
     weights = tmp / f"{name}.pt"
@@ -41,6 +43,7 @@ def decompose_seconds(name: str, data: Path, image_size: int, tmp: Path) -> dict
             "callbacks.progress=null",
             "callbacks.gallery=null",
             "callbacks.faithfulness=null",
+            *extra,
         ],
     )
     with open_dict(cfg):
@@ -58,12 +61,15 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, str]]:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        data, size = args.data, 128
-        if args.quick:
-            data, size = make_dataset(tmp / "parts", classes=10, per_class=6, size=64), 64
+        data, size, extra = args.data, 128, []
+        if args.quick:  # 6 train images per class: too few to hold out validation images
+            data, size = make_dataset(tmp / "parts", classes=10, per_class=10, size=64), 64
+            extra = ["data.val_fraction=0"]
         elif not (data / "images.txt").is_file():
             data = make_dataset(tmp / "parts")
-        times = {label: decompose_seconds(name, data, size, tmp) for label, name in MODELS.items()}
+        times = {
+            label: decompose_seconds(name, data, size, tmp, extra) for label, name in MODELS.items()
+        }
     print(f"decompose on {data} at {size} px, {torch.get_num_threads()} threads")
     print(f"{'model':<26}" + "".join(f"{p:>16}" for p in PARTS) + f"{'total':>10}")
     for label, parts in times.items():
