@@ -30,7 +30,8 @@ from proto_lightning.data.generate import make_dataset
 from proto_lightning.models import BlackBoxClassifier
 from proto_lightning.stages.blackbox import run_blackbox
 
-QUICKSTART = {"classes": 10, "per_class": 60, "size": 128, "seed": 0}  # the Makefile's dataset
+# the Makefile's dataset
+QUICKSTART = {"classes": 10, "per_class": 100, "size": 128, "seed": 0, "train_fraction": 0.6}
 TINY = {"classes": 4, "per_class": 8, "size": 48, "seed": 0}
 
 
@@ -120,7 +121,9 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, str]]:
         f"{with_callback:.2f} s with it ({faithfulness.images} images, {faithfulness.steps} steps); "
         f"it runs every {every} epochs"
     )
-    rows = [("faithfulness callback: overhead per epoch", f"{overhead:+.1%}", "<= +10%")]
+    # the target is judged on the quick-start; --quick's tiny epochs (0.2 s) only show that it runs
+    target = "not judged: tiny data (--quick)" if args.quick else "<= +10%"
+    rows = [("faithfulness callback: overhead per epoch", f"{overhead:+.1%}", target)]
     if not args.quick:
         per_image = cub_seconds_per_image(args.cub_images, faithfulness.steps)
         print(
