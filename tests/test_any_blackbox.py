@@ -151,6 +151,20 @@ def test_the_timm_config_group_builds_the_named_model_with_its_kwargs():
     assert model.hparams.backbone["kwargs"] == {"global_pool": "avg", "img_size": 32, "depth": 1}
 
 
+def test_timm_body_weights_load_from_a_local_file_without_its_classifier(tmp_path):
+    from proto_lightning.models import build_backbone
+
+    trained = user_model("resnet10t", {})  # 4-class head: left out, the body fits any class count
+    torch.save(trained.state_dict(), tmp_path / "body.pt")
+    backbone = build_backbone("resnet10t", str(tmp_path / "body.pt"), "timm").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(backbone.features(x), trained.forward_features(x), atol=1e-6)
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(IncompatibleWeightsError, match="missing"):
+        build_backbone("resnet10t", str(tmp_path / "other.pt"), "timm")
+
+
 def test_a_torchvision_state_dict_round_trips_through_a_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=C).eval()

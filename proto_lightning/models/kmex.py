@@ -26,14 +26,15 @@ from torch import nn
 
 from proto_lightning.atomic import atomic_torch_save
 from proto_lightning.errors import IncompatibleWeightsError
-from proto_lightning.models.blackbox import BlackBoxNet, blackbox_entry, restore_blackbox
+from proto_lightning.models.blackbox import BlackBoxNet
 from proto_lightning.models.files import plain_data, read_torch_file
+from proto_lightning.models.frozen import FrozenPrototypes, blackbox_entry, restore_blackbox
 from proto_lightning.prototypes.projection import Projection
 
 ARTIFACT_FORMAT = "proto-lightning/kmex/1"
 
 
-class KMExNetwork(nn.Module):
+class KMExNetwork(FrozenPrototypes, nn.Module):
     """Frozen `blackbox` embeddings + k-means prototypes (C, k, D): nearest-prototype logits (B, C)."""
 
     def __init__(
@@ -45,27 +46,10 @@ class KMExNetwork(nn.Module):
         extras: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        C, k, D = prototypes.shape
-        if blackbox.head.weight.shape != (C, D):
-            raise IncompatibleWeightsError(
-                f"KMEx prototypes are for C={C} classes and D={D} features, but the black box head "
-                f"is {tuple(blackbox.head.weight.shape)} (C, D)"
-            )
-        self.blackbox = blackbox.eval().requires_grad_(False)
-        self.register_buffer("prototypes", prototypes.float())
+        self.attach(blackbox, prototypes, IncompatibleWeightsError)
         self.epsilon = epsilon
         self.projection = projection
         self.extras = dict(extras or {})
-
-    @property
-    def num_classes(self) -> int:
-        """C."""
-        return self.prototypes.shape[0]
-
-    @property
-    def prototypes_per_class(self) -> int:
-        """k."""
-        return self.prototypes.shape[1]
 
     def distances(self, z: torch.Tensor) -> torch.Tensor:
         """Embeddings (B, D) -> L2 distances to every prototype (B, C, k)."""

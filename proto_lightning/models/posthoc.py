@@ -17,8 +17,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from proto_lightning.atomic import atomic_torch_save
 from proto_lightning.errors import IncompatibleWeightsError
-from proto_lightning.models.blackbox import BlackBoxNet, blackbox_entry, restore_blackbox
+from proto_lightning.models.blackbox import BlackBoxNet
 from proto_lightning.models.files import plain_data, read_torch_file, require_kind
+from proto_lightning.models.frozen import FrozenPrototypes, blackbox_entry, restore_blackbox
 from proto_lightning.prototypes.decomposition import relative_head_error
 from proto_lightning.prototypes.network import (
     PrototypeExplanation,
@@ -37,7 +38,7 @@ class IncompatibleArtifactError(IncompatibleWeightsError):
     """A post-hoc artifact that is truncated, of another format, or of another black box."""
 
 
-class PostHocPrototypeNetwork(L.LightningModule):
+class PostHocPrototypeNetwork(FrozenPrototypes, L.LightningModule):
     """Frozen `blackbox` + prototypes (C, k, D) + bias (C,); logits equal the black box's."""
 
     def __init__(
@@ -49,14 +50,8 @@ class PostHocPrototypeNetwork(L.LightningModule):
         extras: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        C, k, D = prototypes.shape
-        if blackbox.head.weight.shape != (C, D):
-            raise IncompatibleArtifactError(
-                f"prototypes are for C={C} classes and D={D} features, but the black box head is "
-                f"{tuple(blackbox.head.weight.shape)} (C, D): it was decomposed from another black box"
-            )
-        self.blackbox = blackbox.eval().requires_grad_(False)
-        self.register_buffer("prototypes", prototypes.float())
+        self.attach(blackbox, prototypes, IncompatibleArtifactError)
+        C = self.num_classes
         self.register_buffer("bias", bias.float())
         self.projection = projection
         self.extras = dict(extras or {})
@@ -67,16 +62,6 @@ class PostHocPrototypeNetwork(L.LightningModule):
                 for m in ("acc", "agreement")
             }
         )
-
-    @property
-    def num_classes(self) -> int:
-        """C."""
-        return self.prototypes.shape[0]
-
-    @property
-    def prototypes_per_class(self) -> int:
-        """k."""
-        return self.prototypes.shape[1]
 
     def relative_head_error(self, dtype: torch.dtype = torch.float64) -> float:
         """||V - V~||_F / ||V||_F, V the black box's head and V~_c = sum_i p~_i, computed in `dtype`."""

@@ -303,7 +303,13 @@ def table_notes(
         f"Deletion/insertion (Petsiuk et al. 2018): {settings.faithfulness.steps} steps, substrates "
         f"{settings.faithfulness.deletion_substrate} / {settings.faithfulness.insertion_substrate}, softmax "
         "probability of the class the explained model predicts; Grad-CAM, LIME and the post-hoc PPN explain "
-        "the black box, ProtoPNet explains itself.",
+        "the black box, ProtoPNet and KMEx explain themselves"
+        + (
+            " (KMEx's probabilities come from similarities log((d + 1) / (d + eps)) that differ "
+            "little between classes, so its curves stay near 1 / C)."
+            if models.kmex is not None
+            else "."
+        ),
         (
             f"Consistency/stability (Huang et al. 2023), protocol `{parts.protocol}` "
             f"({PROTOCOL_NOTES[parts.protocol]}): region half-size {half_size} px at {datamodule.image_size} "
