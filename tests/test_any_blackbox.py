@@ -165,6 +165,24 @@ def test_timm_body_weights_load_from_a_local_file_without_its_classifier(tmp_pat
         build_backbone("resnet10t", str(tmp_path / "other.pt"), "timm")
 
 
+@pytest.mark.parametrize(
+    ("weights", "asked"), [("pretrained", "resnet10t"), ("gluon_in1k", "resnet10t.gluon_in1k")]
+)
+def test_a_pretrained_tag_asks_timm_for_those_weights(monkeypatch, weights, asked):
+    """Nothing downloads in tests: timm's factory is replaced by a spy that builds random weights."""
+    from proto_lightning.models.timm_backbones import create_timm_model
+
+    calls, real = [], timm.create_model
+
+    def spy(name, pretrained=False, **kwargs):
+        calls.append((name, pretrained))
+        return real(name.split(".")[0], pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", spy)
+    create_timm_model("resnet10t", 0, weights)
+    assert calls == [(asked, True)]
+
+
 def test_a_torchvision_state_dict_round_trips_through_a_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=C).eval()
