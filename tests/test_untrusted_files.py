@@ -84,7 +84,7 @@ def test_every_stage_refuses_a_file_that_holds_code(stage, run, key, crafted, st
     assert_refused(excinfo, path, marker)
 
 
-@pytest.mark.parametrize("key", ["posthoc", "protopnet_ckpt"])
+@pytest.mark.parametrize("key", ["posthoc", "protopnet_ckpt", "kmex_artifact"])
 def test_evaluate_refuses_a_crafted_network_beside_a_good_black_box(
     key, crafted, stage_config, tiny_demo
 ):
@@ -92,6 +92,14 @@ def test_evaluate_refuses_a_crafted_network_beside_a_good_black_box(
     cfg = stage_config("evaluate", f"blackbox_ckpt={best_checkpoint(tiny_demo)}", f"{key}={path}")
     with pytest.raises(UntrustedFileError) as excinfo:
         run_evaluate(cfg)
+    assert_refused(excinfo, path, marker)
+
+
+def test_a_users_classifier_file_that_holds_code_is_refused(crafted, stage_config):
+    path, marker = crafted
+    cfg = stage_config("decompose", "blackbox=resnet18", f"blackbox_weights={path}")
+    with pytest.raises(UntrustedFileError) as excinfo:
+        run_decompose(cfg)
     assert_refused(excinfo, path, marker)
 
 
