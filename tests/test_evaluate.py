@@ -60,6 +60,17 @@ def test_demo_table_has_every_method_and_metric(tiny_demo, stage_config):
     bb_pred = np.array([int(net(s["image"][None]).argmax()) for s in datamodule.test_set])
     assert float(rows["KMEx"]["agreement"]) == pytest.approx(float((nearest == bb_pred).mean()))
     assert rows["KMEx"]["head_error"] == "" and int(float(rows["KMEx"]["prototypes"])) == 4 * 3
+    # each KMEx prototype is shown as its class's push image of nearest embedding (brute force)
+    push = datamodule.push_set
+    with torch.no_grad():
+        pz = torch.cat(
+            [net.features(push[i]["image"][None]).mean((2, 3)) for i in range(len(push))]
+        )
+    push_rows, push_labels = np.asarray(push.rows), np.asarray(push.labels)
+    distances = cdist(centres, pz.numpy())  # (C k, push images)
+    own = push_labels[None, :] == (np.arange(len(centres)) // kmex["prototypes"].shape[1])[:, None]
+    expected_rows = push_rows[np.where(own, distances, np.inf).argmin(1)]
+    assert kmex["projection"]["rows"].tolist() == expected_rows.tolist()
     assert (
         int(float(posthoc["prototypes"])) == 4 * 3
         and int(float(rows["ProtoPNet"]["prototypes"])) == 4 * 2
@@ -79,7 +90,12 @@ def test_demo_table_has_every_method_and_metric(tiny_demo, stage_config):
     assert float(rows["LIME"]["seconds_per_image"]) > float(rows["Grad-CAM"]["seconds_per_image"])
     figures = run / "evaluate" / "figures"
     names = {p.name for p in figures.glob("*.png")}
-    assert {"deletion_insertion.png", "posthoc_prototypes.png", "protopnet_prototypes.png"} <= names
+    assert {
+        "deletion_insertion.png",
+        "posthoc_prototypes.png",
+        "protopnet_prototypes.png",
+        "kmex_prototypes.png",
+    } <= names
     assert len([n for n in names if n.startswith("image_")]) == 2
     assert "| Post-hoc PPN |" in (run / "evaluate" / "results.md").read_text()
 

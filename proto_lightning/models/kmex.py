@@ -29,6 +29,7 @@ from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.blackbox import BlackBoxNet
 from proto_lightning.models.files import plain_data, read_torch_file
 from proto_lightning.models.frozen import FrozenPrototypes, blackbox_entry, restore_blackbox
+from proto_lightning.prototypes.network import nearest_patch
 from proto_lightning.prototypes.projection import Projection
 
 ARTIFACT_FORMAT = "proto-lightning/kmex/1"
@@ -76,6 +77,10 @@ class KMExNetwork(FrozenPrototypes, nn.Module):
         d = towards.norm(dim=-1)  # (B, k)
         direction = towards / d.clamp_min(1e-12)[..., None]
         return torch.einsum("bdhw,bkd->bkhw", feature_map, direction), d
+
+    def nearest_patch(self, label: int, i: int) -> dict[str, Any]:
+        """The training image prototype i of class `label` is shown as (its whole image)."""
+        return nearest_patch(self, label, i)
 
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Write the artifact (tensors and plain values only) atomically."""

@@ -514,7 +514,11 @@ def write_figures(
                 explained,
             )
         )
-    for key, model in (("posthoc", models.posthoc), ("protopnet", models.protopnet)):
+    for key, model in (
+        ("posthoc", models.posthoc),
+        ("protopnet", models.protopnet),
+        ("kmex", models.kmex),
+    ):
         if model is not None and model.projection is not None:
             paths.append(draw_prototype_grid(model, datamodule, folder / f"{key}_prototypes.png"))
     return paths
