@@ -119,6 +119,11 @@ def test_a_cnn_head_that_is_not_a_spatial_mean_is_refused_by_the_probe():
         BlackBoxNet("resnet10t", C, library="timm", kwargs={"global_pool": "max"})
 
 
+def test_an_unknown_timm_name_is_a_clear_config_error():
+    with pytest.raises(ConfigValueError, match="unknown timm model 'convnext_atom'"):
+        BlackBoxNet("convnext_atom", C, library="timm")
+
+
 def test_a_timm_backbone_trains_as_the_black_box_body(tmp_path):
     """`model/backbone=timm`: the blackbox stage's model answers features(x) -> (B, D, H, W)."""
     spec = {"library": "timm", "name": "convnext_atto", "weights": None, "kwargs": {}}
@@ -218,7 +223,7 @@ def test_a_file_that_does_not_fit_is_refused_naming_the_keys(tmp_path):
         import_classifier("convnext_atto", tmp_path / "r10.pt", C)
     with pytest.raises(IncompatibleWeightsError, match="MLP"):
         import_classifier("vgg16", tmp_path / "r18.pt", C)
-    with pytest.raises(KeyError, match="unknown classifier"):
+    with pytest.raises(ConfigValueError, match="unknown classifier"):
         import_classifier("no_such_net", tmp_path / "r18.pt", C)
 
 

@@ -19,7 +19,7 @@ import torchvision
 from torch import nn
 
 from proto_lightning.atomic import atomic_torch_save
-from proto_lightning.errors import IncompatibleWeightsError
+from proto_lightning.errors import ConfigValueError, IncompatibleWeightsError
 from proto_lightning.models.backbones import (
     DENSENETS,
     RESNETS,
@@ -54,7 +54,7 @@ def classifier_library(name: str) -> str:
 
     if timm.is_model(name):
         return "timm"
-    raise KeyError(
+    raise ConfigValueError(
         f"unknown classifier {name!r}: give a torchvision ResNet/DenseNet ({', '.join(RESNETS + DENSENETS)}) "
         "or a timm model name (timm.list_models() lists them)"
     )

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from proto_lightning.errors import IncompatibleWeightsError
+from proto_lightning.errors import ConfigValueError, IncompatibleWeightsError
 from proto_lightning.models.files import load_state_dict_file, plain_data
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def create_timm_model(
     import timm  # imported here: timm is only needed by runs that name a timm model
 
     if not timm.is_model(name):
-        raise KeyError(f"unknown timm model {name!r} (timm.list_models() lists them)")
+        raise ConfigValueError(f"unknown timm model {name!r} (timm.list_models() lists them)")
     kwargs = dict(kwargs or {})
     local = weights is not None and Path(str(weights)).suffix in WEIGHT_FILE_SUFFIXES
     if weights is None or local:
