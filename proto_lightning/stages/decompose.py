@@ -216,9 +216,9 @@ def require_push_images(datamodule) -> None:
         )
 
 
-def import_blackbox(cfg: DictConfig, num_classes: int, run_dir: Path) -> None:
-    """With `blackbox=<name> blackbox_weights=<file>`: the user's classifier, written as the black-box
-    checkpoint `<run>/blackbox.ckpt`, which becomes `cfg.blackbox_ckpt`."""
+def import_blackbox(cfg: DictConfig, num_classes: int, run_dir: Path) -> BlackBoxNet | None:
+    """With `blackbox=<name> blackbox_weights=<file>`: the user's classifier (frozen), also written as
+    the black-box checkpoint `<run>/blackbox.ckpt`, which becomes `cfg.blackbox_ckpt`; else None."""
     if cfg.get("blackbox") is None:
         if cfg.get("blackbox_ckpt") is None:
             raise ConfigValueError(
@@ -226,7 +226,7 @@ def import_blackbox(cfg: DictConfig, num_classes: int, run_dir: Path) -> None:
                 "blackbox`>, or your own classifier as blackbox=<torchvision or timm name> "
                 "blackbox_weights=<state-dict file>"
             )
-        return
+        return None
     if cfg.get("blackbox_ckpt") is not None:
         raise ConfigValueError("give blackbox_ckpt=<checkpoint> or blackbox=<name>, not both")
     if cfg.get("blackbox_weights") is None:
@@ -240,6 +240,7 @@ def import_blackbox(cfg: DictConfig, num_classes: int, run_dir: Path) -> None:
     checkpoint = save_as_checkpoint(classifier, run_dir / "blackbox.ckpt", cfg.blackbox_weights)
     with open_dict(cfg):
         cfg.blackbox_ckpt = str(checkpoint)
+    return classifier.net.eval().requires_grad_(False)
 
 
 def load_blackbox(cfg: DictConfig, num_classes: int) -> BlackBoxNet:
@@ -449,11 +450,13 @@ def test_and_log(
 
 
 def run_decompose(cfg: DictConfig) -> StageResult:
-    """Decompose the head of `cfg.blackbox_ckpt` (or of the imported `cfg.blackbox`) into `model.prototypes_per_class` prototypes per class:
-    collect -> decompose -> project -> build the network and its artifact -> test and log."""
+    """Decompose the head of `cfg.blackbox_ckpt` (or of the imported `cfg.blackbox`) into
+    `model.prototypes_per_class` prototypes per class: collect -> decompose -> project -> build the
+    network and its artifact -> test and log."""
     run_dir, datamodule = start_run(cfg)
-    import_blackbox(cfg, datamodule.num_classes, run_dir)
-    net = load_blackbox(cfg, datamodule.num_classes)
+    net = import_blackbox(cfg, datamodule.num_classes, run_dir)
+    if net is None:
+        net = load_blackbox(cfg, datamodule.num_classes)
     fabric = launch(cfg.trainer)
     rank, world = fabric.global_rank, fabric.world_size
     device = fabric.device if world > 1 else stage_device(cfg)
