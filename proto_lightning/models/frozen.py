@@ -9,7 +9,10 @@ from typing import Any
 
 import torch
 
+from proto_lightning.atomic import atomic_torch_save
 from proto_lightning.models.blackbox import BlackBoxClassifier, BlackBoxNet
+from proto_lightning.models.files import plain_data
+from proto_lightning.prototypes.projection import Projection
 
 
 class FrozenPrototypes:
@@ -27,6 +30,22 @@ class FrozenPrototypes:
             )
         self.blackbox = blackbox.eval().requires_grad_(False)
         self.register_buffer("prototypes", prototypes.float())
+
+    def write_artifact(
+        self, path: str | Path, format: str, metadata: Mapping[str, Any] | None, **own: Any
+    ) -> Path:
+        """Write the network's artifact atomically: its format, prototypes, projection, extras, black
+        box and metadata, plus its `own` entries (tensors and plain values only)."""
+        state = {
+            "format": format,
+            "prototypes": self.prototypes.cpu(),
+            **own,
+            "projection": self.projection.to_dict() if self.projection is not None else None,
+            "extras": plain_data(self.extras),
+            "blackbox": blackbox_entry(self.blackbox),
+            "metadata": plain_data(dict(metadata or {})),
+        }
+        return atomic_torch_save(path, state)
 
     @property
     def num_classes(self) -> int:
@@ -79,3 +98,8 @@ def restore_blackbox(
     if not torch.allclose(mine, theirs.detach().cpu(), atol=1e-6):
         raise error(f"{path} was made from another black box (its head weights differ)")
     return given
+
+
+def restored_projection(state: Mapping[str, Any]) -> Projection | None:
+    """The projection an artifact written by `write_artifact` keeps (None when it has none)."""
+    return Projection.from_dict(state["projection"]) if state["projection"] is not None else None

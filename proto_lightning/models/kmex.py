@@ -24,11 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from proto_lightning.atomic import atomic_torch_save
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.blackbox import BlackBoxNet
-from proto_lightning.models.files import plain_data, read_torch_file
-from proto_lightning.models.frozen import FrozenPrototypes, blackbox_entry, restore_blackbox
+from proto_lightning.models.files import read_torch_file
+from proto_lightning.models.frozen import FrozenPrototypes, restore_blackbox, restored_projection
 from proto_lightning.prototypes.network import nearest_patch
 from proto_lightning.prototypes.projection import Projection
 
@@ -84,16 +83,7 @@ class KMExNetwork(FrozenPrototypes, nn.Module):
 
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Write the artifact (tensors and plain values only) atomically."""
-        state = {
-            "format": ARTIFACT_FORMAT,
-            "prototypes": self.prototypes.cpu(),
-            "epsilon": self.epsilon,
-            "projection": self.projection.to_dict() if self.projection is not None else None,
-            "extras": plain_data(self.extras),
-            "blackbox": blackbox_entry(self.blackbox),
-            "metadata": plain_data(dict(metadata or {})),
-        }
-        return atomic_torch_save(path, state)
+        return self.write_artifact(path, ARTIFACT_FORMAT, metadata, epsilon=self.epsilon)
 
     @classmethod
     def load(
@@ -109,9 +99,7 @@ class KMExNetwork(FrozenPrototypes, nn.Module):
                 f"{path} is not a KMEx artifact of format {ARTIFACT_FORMAT} (found {found!r})"
             )
         net = restore_blackbox(state["blackbox"], blackbox, path, IncompatibleWeightsError)
-        projection = (
-            Projection.from_dict(state["projection"]) if state["projection"] is not None else None
-        )
+        projection = restored_projection(state)
         model = cls(net, state["prototypes"], state["epsilon"], projection, state["extras"])
         model.metadata = state["metadata"]
         return model

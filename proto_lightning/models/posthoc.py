@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from proto_lightning.atomic import atomic_torch_save
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.blackbox import BlackBoxNet
-from proto_lightning.models.files import plain_data, read_torch_file, require_kind
-from proto_lightning.models.frozen import FrozenPrototypes, blackbox_entry, restore_blackbox
+from proto_lightning.models.files import read_torch_file, require_kind
+from proto_lightning.models.frozen import FrozenPrototypes, restore_blackbox, restored_projection
 from proto_lightning.prototypes.decomposition import relative_head_error
 from proto_lightning.prototypes.network import (
     PrototypeExplanation,
@@ -133,18 +132,7 @@ class PostHocPrototypeNetwork(FrozenPrototypes, L.LightningModule):
 
         It holds tensors and plain values only, so it reads back with `torch.load(weights_only=True)`.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "format": ARTIFACT_FORMAT,
-            "prototypes": self.prototypes.cpu(),
-            "bias": self.bias.cpu(),
-            "projection": self.projection.to_dict() if self.projection is not None else None,
-            "extras": plain_data(self.extras),
-            "blackbox": blackbox_entry(self.blackbox),
-            "metadata": plain_data(dict(metadata or {})),
-        }
-        return atomic_torch_save(path, state)
+        return self.write_artifact(path, ARTIFACT_FORMAT, metadata, bias=self.bias.cpu())
 
     @classmethod
     def load(
@@ -176,9 +164,7 @@ class PostHocPrototypeNetwork(FrozenPrototypes, L.LightningModule):
         blackbox = restore_blackbox(
             state["blackbox"], blackbox, path, IncompatibleArtifactError, trust_file
         )
-        projection = (
-            Projection.from_dict(state["projection"]) if state["projection"] is not None else None
-        )
+        projection = restored_projection(state)
         model = cls(blackbox, state["prototypes"], state["bias"], projection, state["extras"])
         model.metadata = state["metadata"]
         return model
