@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import lightning as L
-import torch
 from omegaconf import DictConfig, open_dict
 
 from proto_lightning.config import compose_config
@@ -98,10 +97,3 @@ def assert_drawn(path: Path, min_side: int = 32) -> None:
         pixels = image.convert("RGB")
         assert min(pixels.size) >= min_side, (path, pixels.size)
         assert len(pixels.getcolors(maxcolors=1 << 24)) > 1, f"{path} is one flat colour"
-
-
-def dot_image(h: int, w: int, x: int, y: int) -> torch.Tensor:
-    """A black uint8 image (3, h, w) with a white 3x3 dot centred on pixel (x, y)."""
-    image = torch.zeros(3, h, w, dtype=torch.uint8)
-    image[:, y - 1 : y + 2, x - 1 : x + 2] = 255
-    return image

@@ -1,10 +1,56 @@
-"""Per-image transforms: box crop, resize, colour jitter and normalisation; keypoints follow."""
+"""Keypoints follow every geometric transform: a dot drawn at a keypoint is found where it says."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
 from proto_lightning.data.transforms import Augmentation, KeypointImageTransform
-from tests.helpers import dot_image
+
+
+def dot_image(h: int, w: int, x: int, y: int) -> torch.Tensor:
+    image = torch.zeros(3, h, w, dtype=torch.uint8)
+    image[:, y - 1 : y + 2, x - 1 : x + 2] = 255  # a 3x3 dot centred on pixel (x, y)
+    return image
+
+
+def brightest(image: torch.Tensor) -> np.ndarray:
+    """Intensity-weighted centre of the dot, in pixel-centre coordinates."""
+    gray = image.mean(0)
+    gray = torch.where(gray > gray.max() * 0.5, gray, torch.zeros_like(gray))
+    ys, xs = torch.meshgrid(torch.arange(gray.shape[0]), torch.arange(gray.shape[1]), indexing="ij")
+    return np.array([(gray * xs).sum() / gray.sum(), (gray * ys).sum() / gray.sum()])
+
+
+@pytest.mark.parametrize(
+    "augment",
+    [
+        Augmentation(),  # plain resize
+        Augmentation(hflip=1.0),
+        Augmentation(scale_min=0.5),
+        Augmentation(hflip=1.0, rotate_degrees=30, scale_min=0.6),
+    ],
+)
+def test_dot_is_found_at_the_transformed_keypoint(augment: Augmentation):
+    torch.manual_seed(0)
+    transform = KeypointImageTransform(
+        96, train=True, augment=augment, mean=(0, 0, 0), std=(1, 1, 1)
+    )
+    checked = 0
+    for trial in range(20):
+        x, y = 60 + trial * 3, 40 + trial * 2
+        image = dot_image(120, 200, x, y)
+        keypoints = torch.tensor([[x + 0.5, y + 0.5, 1.0]])  # pixel centre, continuous coordinates
+        out, kp = transform(image, keypoints)
+        assert out.shape == (3, 96, 96)
+        if kp[0, 2] == 1:
+            found = brightest(out) + 0.5
+            assert np.abs(found - kp[0, :2].numpy()).max() < 0.75, (trial, found, kp)
+            checked += 1
+        else:
+            assert out.max() < 0.3  # invisible only when the dot really left the image
+    assert checked >= 10
 
 
 def test_box_crop_shifts_keypoints_and_marks_outside_invisible():
@@ -29,13 +75,13 @@ def test_default_normalisation_is_imagenet_and_eval_is_a_plain_resize():
         assert torch.allclose(out[c], torch.full((8, 8), (200 / 255 - mean[c]) / std[c]), atol=1e-5)
 
 
-def test_training_images_get_the_eval_resize_geometric_steps_act_on_batches():
-    """Per image, training is the plain resize of evaluation: the random crop, flip and rotation
-    are applied to whole batches (tests/test_batch_augment.py)."""
+def test_training_without_augmentation_is_the_eval_resize():
+    """scale_min = 1 (no RandomResizedCrop, whose aspect-ratio jitter would move pixels): train = eval."""
     image = torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8)
     keypoints = torch.tensor([[12.5, 30.5, 1.0]])
-    geometric = Augmentation(hflip=1.0, rotate_degrees=30, scale_min=0.5)
-    train = KeypointImageTransform(20, train=True, augment=geometric, mean=(0,) * 3, std=(1,) * 3)
+    train = KeypointImageTransform(
+        20, train=True, augment=Augmentation(), mean=(0,) * 3, std=(1,) * 3
+    )
     plain = KeypointImageTransform(
         20, train=False, augment=Augmentation(), mean=(0,) * 3, std=(1,) * 3
     )
@@ -77,6 +123,48 @@ def test_keypoint_on_the_far_edge_leaves_the_image():
     )
     _, kp = transform(image, keypoints, box=(20, 20, 50, 50))
     assert kp[:, 2].tolist() == [0.0, 1.0, 1.0, 0.0, 0.0]  # the last: x = -0.5
+
+
+def test_a_certain_flip_mirrors_keypoints_and_evaluation_never_augments():
+    """hflip = 1 always mirrors: x -> W - x (continuous coordinates). With train=False the same
+    augmentation settings change nothing: eval images are a plain resize."""
+    augment = Augmentation(hflip=1.0, rotate_degrees=30, color_jitter=0.5)
+    keypoints = torch.tensor([[10.5, 20.5, 1.0]])
+    image = dot_image(40, 40, 10, 20)
+    flip_only = KeypointImageTransform(
+        40, train=True, augment=Augmentation(hflip=1.0), mean=(0,) * 3, std=(1,) * 3
+    )
+    out, kp = flip_only(image, keypoints)
+    assert torch.allclose(kp, torch.tensor([[29.5, 20.5, 1.0]]))
+    assert torch.equal(out, image.flip(-1).float() / 255)
+    evaluation = KeypointImageTransform(
+        40, train=False, augment=augment, mean=(0,) * 3, std=(1,) * 3
+    )
+    out, kp = evaluation(image, keypoints)
+    assert torch.equal(kp, keypoints) and torch.equal(out, image.float() / 255)
+
+
+def test_rotation_turns_keypoints_about_the_centre():
+    """RandomRotation(d): a keypoint at distance r from the centre stays at r; over draws it moves."""
+    torch.manual_seed(1)
+    transform = KeypointImageTransform(
+        64, train=True, augment=Augmentation(rotate_degrees=40), mean=(0,) * 3, std=(1,) * 3
+    )
+    keypoints = torch.tensor([[52.0, 32.0, 1.0]])  # 20 px right of the centre (32, 32)
+    angles = []
+    for _ in range(10):
+        _, kp = transform(torch.zeros(3, 64, 64, dtype=torch.uint8), keypoints)
+        dx, dy = float(kp[0, 0]) - 32, float(kp[0, 1]) - 32
+        assert math.hypot(dx, dy) == pytest.approx(20.0, abs=1e-3)
+        angles.append(math.degrees(math.atan2(dy, dx)))
+    assert max(abs(a) for a in angles) <= 40 + 1e-3 and max(angles) - min(angles) > 20
+    slight = KeypointImageTransform(
+        64, train=True, augment=Augmentation(rotate_degrees=1), mean=(0,) * 3, std=(1,) * 3
+    )
+    moved = [
+        slight(torch.zeros(3, 64, 64, dtype=torch.uint8), keypoints)[1][0, 1] for _ in range(5)
+    ]
+    assert max(abs(float(y) - 32) for y in moved) > 1e-3  # even 1 degree turns it
 
 
 @pytest.mark.parametrize("augment", [Augmentation(), Augmentation(scale_min=0.999)])

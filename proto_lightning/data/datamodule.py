@@ -12,7 +12,6 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from proto_lightning.data.batch_augment import BatchAugmentation
 from proto_lightning.data.dataset import PartImageDataset
 from proto_lightning.data.images import load_rgb
 from proto_lightning.data.records import ImageRecords, read_cub_layout, read_image_folders
@@ -93,7 +92,6 @@ class PartDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.augment = Augmentation.from_config(augment)
         self.mean, self.std = tuple(mean), tuple(std)
-        self.batch_augment = BatchAugmentation(self.augment, self.mean, self.std)
         self.seed = seed
         self.on_corrupt = on_corrupt
         self.skipped: list[Path] = []
@@ -173,16 +171,8 @@ class PartDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def on_after_batch_transfer(self, batch: Mapping, dataloader_idx: int) -> Mapping:
-        """Training batches get the random crop, flip and rotation here, on their device, in one warp
-        per batch (`batch_augment`); validation, test and push batches pass unchanged."""
-        if self.trainer is not None and self.trainer.training and self.batch_augment.active:
-            return self.batch_augment(batch)
-        return batch
-
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (colour-jittered per image; warped per batch by
-        `on_after_batch_transfer`)."""
+        """Augmented, shuffled training batches."""
         return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader | list:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,13 +57,29 @@ def reference_keypoints(
     return torch.from_numpy(np.concatenate([placed, visible], axis=1)).float()
 
 
+class RandomHorizontalFlip(v2.RandomHorizontalFlip):
+    """torchvision's random flip with keypoints in continuous pixel coordinates: x -> W - x.
+
+    torchvision resizes and rotates keypoints as continuous coordinates (a pixel's centre at
+    index + 0.5) but flips them as pixel indices (x -> W - 1 - x), which moves a flipped keypoint
+    one pixel off its pixel; shifting flipped keypoints by one restores the continuous convention.
+    """
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        """Flip `inpt`; a keypoint tensor also moves one pixel right (see the class docstring)."""
+        out = super().transform(inpt, params)
+        if isinstance(inpt, tv_tensors.KeyPoints):
+            shift = torch.tensor([1.0, 0.0], dtype=out.dtype, device=out.device)
+            out = tv_tensors.wrap(out.as_subclass(torch.Tensor) + shift, like=out)
+        return out
+
+
 class KeypointImageTransform:
-    """Crop (optional box), resize, colour jitter (training), normalise; keypoints follow into model
-    coordinates. The random geometric steps act on whole batches (`batch_augment`).
+    """Crop (optional box), resize/augment, normalise; keypoints follow into model coordinates.
 
     Input: a uint8 image (3, H, W) and keypoints (P, 3) as x, y, visible in its pixels.
     Output: a float image (3, S, S) and keypoints (P, 3) in output pixels; a keypoint that leaves
-    the image (box crop) is marked invisible, never clamped.
+    the image (crop, rotation) is marked invisible, never clamped.
     """
 
     def __init__(
@@ -75,13 +92,19 @@ class KeypointImageTransform:
     ) -> None:
         self.image_size = image_size
         size = (image_size, image_size)
-        # the random crop, flip and rotation are applied to whole batches on their device
-        # (`batch_augment.BatchAugmentation`, from the datamodule's on_after_batch_transfer)
-        steps: list[v2.Transform] = [v2.Resize(size, antialias=True)]
+        steps: list[v2.Transform] = []
+        if train and augment.scale_min < 1.0:
+            steps.append(v2.RandomResizedCrop(size, scale=(augment.scale_min, 1.0), antialias=True))
+        else:
+            steps.append(v2.Resize(size, antialias=True))
+        if train and augment.hflip > 0:
+            steps.append(RandomHorizontalFlip(augment.hflip))
+        if train and augment.rotate_degrees > 0:
+            steps.append(v2.RandomRotation(augment.rotate_degrees))
         if train and augment.color_jitter > 0:
             j = augment.color_jitter
             steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
-        self.per_image = v2.Compose(steps)
+        self.geometric = v2.Compose(steps)
         self.normalize = v2.Compose(
             [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
         )
@@ -95,7 +118,7 @@ class KeypointImageTransform:
         if box is not None:
             x, y, w, h = (round(float(v)) for v in box)
             img, kps = TF.crop(img, y, x, h, w), TF.crop(kps, y, x, h, w)
-        out = self.per_image({"image": img, "keypoints": kps})
+        out = self.geometric({"image": img, "keypoints": kps})
         height, width = out["image"].shape[-2:]
         xy = out["keypoints"].as_subclass(torch.Tensor).float()  # (P, 2)
         inside = (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
