@@ -47,6 +47,23 @@ def test_measured_receptive_fields_equal_the_official_layer_arithmetic(layers, r
     assert measured.tolist() == expected.tolist()
 
 
+def test_receptive_fields_are_measured_where_biases_switch_every_relu_off():
+    """A trained network's biases can turn every unit at a location off for unit-scale noise (the
+    demo's ProtoPNet at 96 px had two such locations): the large-scale probes still see the field,
+    which equals the layer arithmetic; with unit-scale probes only, the error says why."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    nn.init.constant_(conv.bias, -50.0)  # weights ~U(-0.19, 0.19): off for any unit-scale input
+    net = nn.Sequential(conv, nn.ReLU(), nn.AvgPool2d(2))
+    size = 16
+    locations = np.array([(h, w) for h in range(8) for w in range(8)])
+    measured = receptive_field_boxes(net, size, locations)
+    expected = np.array([official_rf_box(h, w, size, 2, 4, 1.0) for h, w in locations])
+    assert measured.tolist() == expected.tolist()
+    with pytest.raises(ValueError, match=r"location \(0, 0\) depends on no input pixel"):
+        receptive_field_boxes(net, size, locations, scales=(1.0,))
+
+
 def test_high_activation_box_keeps_the_top_five_percent():
     """At the input size the map is not resampled. Values 0..99 row by row: the 95th percentile
     (linear, as np.percentile) is 94.05, so pixels 95..99 remain: row 9, columns 5..9."""

@@ -23,6 +23,7 @@ def receptive_field_boxes(
     device: torch.device | str = "cpu",
     probes: int = 2,
     seed: int = 0,
+    scales: tuple[float, ...] = (1.0, 1.0e3),
 ) -> np.ndarray:
     """Receptive-field box of each (h, w) location: the input pixels its features depend on.
 
@@ -30,18 +31,27 @@ def receptive_field_boxes(
     dense blocks) is handled alike: the support of d sum_d F[d, h, w] / d x over a few random inputs.
     ProtoPNet computes the same box analytically per architecture (receptive_field.py). The probe
     is drawn on the CPU (the same numbers on every device) and runs on `device`, the network's.
+    A trained network's biases can switch off every ReLU at a location for unit-scale noise (a
+    zero gradient there); the probes are also drawn at a large scale, where the input outweighs the
+    biases and about half the units are on, and the support is the union over all probes.
     """
     generator = torch.Generator().manual_seed(seed)
-    probe = torch.randn(probes, 3, image_size, image_size, generator=generator)
+    noise = torch.randn(probes, 3, image_size, image_size, generator=generator)
+    probe = torch.cat([noise * scale for scale in scales])  # (probes x scales, 3, S, S)
     x = probe.to(device).requires_grad_(True)
     boxes = np.zeros((len(locations), 4), dtype=np.int64)
     cache: dict[tuple[int, int], np.ndarray] = {}
     with torch.enable_grad():
-        fmap = features_fn(x)  # (probes, D, H, W)
+        fmap = features_fn(x)  # (probes x scales, D, H, W)
         for n, (h, w) in enumerate(np.asarray(locations).tolist()):
             if (h, w) not in cache:
                 (grad,) = torch.autograd.grad(fmap[:, :, h, w].sum(), x, retain_graph=True)
                 support = (grad.abs().sum((0, 1)) > 0).cpu()  # (H0, W0)
+                if not support.any():
+                    raise ValueError(
+                        f"feature location {(h, w)} depends on no input pixel for any probe; "
+                        "its receptive field cannot be measured"
+                    )
                 ys, xs = torch.nonzero(support, as_tuple=True)
                 cache[h, w] = np.array([ys.min(), ys.max() + 1, xs.min(), xs.max() + 1])
             boxes[n] = cache[h, w]
