@@ -170,6 +170,30 @@ def test_push_puts_every_prototype_on_its_nearest_own_class_patch(parts_root: Pa
     assert model.nearest_patch(1, 1)["location"] == tuple(projection.locations[3])
 
 
+def test_accuracy_around_a_push_is_measured_in_eval_mode(parts_root: Path):
+    """The push runs from a training epoch: the accuracy after it was once measured in train mode,
+    with test batches' statistics, which also moved BatchNorm's running statistics to test data."""
+    from proto_lightning.data import CUB200DataModule
+
+    torch.manual_seed(0)
+    model = ProtoPNet(
+        {"name": "small_cnn"}, num_classes=4, prototypes_per_class=2, prototype_dim=16
+    )
+    dm = CUB200DataModule(parts_root, image_size=48, val_fraction=0.25, eval_batch_size=5)
+    dm.setup()
+    batch = next(iter(torch.utils.data.DataLoader(dm.test_set, batch_size=len(dm.test_set))))
+    model.eval()
+    with torch.no_grad():
+        expected = (model(batch["image"]).argmax(1) == batch["label"]).float().mean().item()
+    model.train()
+    running = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    assert model.accuracy_on(dm.test_dataloader()) == pytest.approx(expected)
+    assert model.training
+    for name, value in model.state_dict().items():
+        if name in running:
+            assert torch.equal(value, running[name]), name
+
+
 def test_stage_logs_accuracy_around_push_and_draws_the_gallery(parts_root: Path, tmp_path: Path):
     result = run_protopnet(config(parts_root, tmp_path / "run"))
     assert_drawn(result.run_dir / "gallery" / "prototypes.png")

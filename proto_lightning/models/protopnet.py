@@ -444,13 +444,18 @@ class ProtoPNet(L.LightningModule):
 
     # ---- push -----------------------------------------------------------------------------------
     @torch.no_grad()
+    @torch.no_grad()
     def accuracy_on(self, loader) -> float:
-        """Plain accuracy over a loader (used around a push)."""
+        """Eval-mode accuracy over a loader (used around a push); the module's mode is restored, and
+        BatchNorm statistics never see the loader's images."""
+        was_training = self.training
+        self.eval()
         correct = total = 0
         for batch in loader:
             logits = self(batch["image"].to(self.device))
             correct += int((logits.argmax(1).cpu() == batch["label"]).sum())
             total += len(batch["label"])
+        self.train(was_training)
         return correct / max(1, total)
 
     @torch.no_grad()
