@@ -20,7 +20,7 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 	touch $(STAMP)
 
 dataset: $(STAMP)
-	test -f $(DATA)/images.txt || $(BIN)/proto-lightning make-dataset --out $(DATA) --classes 10 --per-class 100 --train-fraction 0.6 --size 128 --seed 0
+	test -f $(DATA)/images.txt || $(BIN)/proto-lightning make-dataset --out $(DATA) --classes 10 --per-class 100 --train-fraction 0.6 --size 96 --seed 0
 
 demo: dataset
 	$(BIN)/proto-lightning demo data.root=$(DATA)

@@ -59,7 +59,7 @@ tools:
 {tools}
 
 examples:
-  proto-lightning make-dataset --out data/parts --classes 10 --per-class 100 --train-fraction 0.6 --size 128 --seed 0
+  proto-lightning make-dataset --out data/parts --classes 10 --per-class 100 --train-fraction 0.6 --size 96 --seed 0
   proto-lightning blackbox data=cub data.root=/data/CUB_200_2011 model/backbone=resnet50 trainer.max_epochs=30
   proto-lightning blackbox ckpt_path=runs/blackbox/<date>/checkpoints/last.ckpt   # resume
   proto-lightning test ckpt_path=runs/blackbox/<date>/checkpoints/last.ckpt
@@ -89,7 +89,7 @@ def _make_dataset(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--train-fraction", type=float, default=0.6, help="share of each class's images in train"
     )
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing dataset folder whole"

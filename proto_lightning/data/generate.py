@@ -219,7 +219,7 @@ def make_dataset(
     out: str | Path,
     classes: int = 10,
     per_class: int = 100,
-    size: int = 128,
+    size: int = 96,
     seed: int = 0,
     train_fraction: float = 0.6,
     overwrite: bool = False,
