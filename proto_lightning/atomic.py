@@ -13,8 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def umask_mode(directory: bool = False) -> int:
     """The mode a new file (0666) or folder (0777) gets under the process's umask."""
@@ -46,6 +44,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_torch_save(path: str | Path, value: Any) -> Path:
     """`torch.save` `value` to `path` atomically (whole or not at all)."""
+    import torch  # here, not at the top: the dataset generator uses this module and needs no torch
+
     buffer = io.BytesIO()
     torch.save(value, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
