@@ -51,6 +51,42 @@ def test_batches_carry_keypoints_in_model_coordinates(parts_root: Path):
     assert torch.allclose(batch["keypoints"][0, :, 1:3], original[:, :2] * 2, atol=1e-4)
 
 
+def test_image_cache_decodes_each_file_once_and_changes_no_sample(parts_root: Path, monkeypatch):
+    """`cache_images`: samples equal the uncached module's (same seeds, augmented and not), each
+    file is read once over two epochs and every split, and no transform writes into a cached image
+    (at 48 px the eval resize is the identity and returns its input)."""
+    import proto_lightning.data.dataset as dataset_module
+
+    reads: list[str] = []
+    real = dataset_module.load_rgb
+    monkeypatch.setattr(dataset_module, "load_rgb", lambda path: reads.append(path) or real(path))
+    plain, cached = datamodule(parts_root), datamodule(parts_root, cache_images=True)
+    plain.setup(), cached.setup()
+    for split in ("train_set", "val_set", "test_set", "push_set"):
+        for i in range(len(getattr(plain, split))):
+            torch.manual_seed(i)
+            want = getattr(plain, split)[i]
+            torch.manual_seed(i)
+            got = getattr(cached, split)[i]
+            assert torch.equal(want["image"], got["image"]), (split, i)
+            assert torch.equal(want["keypoints"], got["keypoints"]), (split, i)
+    reads.clear()
+    for _ in range(2):
+        for split in ("train_set", "val_set", "test_set", "push_set"):
+            for i in range(len(getattr(cached, split))):
+                getattr(cached, split)[i]
+    assert reads == []  # all decoded in the first pass above
+    rows = {
+        int(r) for split in (cached.train_set, cached.val_set, cached.test_set) for r in split.rows
+    }
+    assert set(cached.train_set.cache) == rows and cached.test_set.cache is cached.train_set.cache
+    for row, image in cached.train_set.cache.items():
+        assert torch.equal(
+            image, torch.from_numpy(np.asarray(real(cached.records.paths[row]))).permute(2, 0, 1)
+        )
+    assert plain.train_set.cache is None
+
+
 def test_bbox_crop_moves_keypoints(parts_root: Path):
     dm = datamodule(parts_root, crop_to_bbox=True)
     dm.setup()

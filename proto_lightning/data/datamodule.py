@@ -79,6 +79,7 @@ class PartDataModule(L.LightningDataModule):
         std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
         on_corrupt: str = "error",
+        cache_images: bool = False,
     ) -> None:
         super().__init__()
         if on_corrupt not in ON_CORRUPT:
@@ -94,6 +95,7 @@ class PartDataModule(L.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed = seed
         self.on_corrupt = on_corrupt
+        self.cache_images = cache_images
         self.skipped: list[Path] = []
 
     def _read_records(self) -> ImageRecords:
@@ -148,10 +150,11 @@ class PartDataModule(L.LightningDataModule):
         train_tf = KeypointImageTransform(self.image_size, True, self.augment, self.mean, self.std)
         eval_tf = KeypointImageTransform(self.image_size, False, self.augment, self.mean, self.std)
         crop = self.crop_to_bbox
-        self.train_set = PartImageDataset(records, train_rows, train_tf, crop)
-        self.val_set = PartImageDataset(records, val_rows, eval_tf, crop)
-        self.test_set = PartImageDataset(records, test_rows, eval_tf, crop)
-        self.push_set = PartImageDataset(records, train_rows, eval_tf, crop)
+        cache = {} if self.cache_images else None  # one per datamodule (per loader worker)
+        self.train_set = PartImageDataset(records, train_rows, train_tf, crop, cache)
+        self.val_set = PartImageDataset(records, val_rows, eval_tf, crop, cache)
+        self.test_set = PartImageDataset(records, test_rows, eval_tf, crop, cache)
+        self.push_set = PartImageDataset(records, train_rows, eval_tf, crop, cache)
         log.info(
             "%s: %d classes, train %d, val %d, test %d images",
             self.root,

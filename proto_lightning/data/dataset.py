@@ -28,8 +28,10 @@ class PartImageDataset(Dataset):
         rows: Sequence[int],
         transform: KeypointImageTransform,
         crop_to_bbox: bool = False,
+        cache: dict[int, torch.Tensor] | None = None,
     ) -> None:
         self.records = records
+        self.cache = cache  # row -> decoded (3, H, W) uint8, shared by the splits; None: no cache
         self.rows = np.asarray(rows, dtype=np.int64)
         self.transform = transform
         self.crop_to_bbox = crop_to_bbox
@@ -63,9 +65,18 @@ class PartImageDataset(Dataset):
         )
         return torch.cat([self.part_ids[:, None], placed], dim=1)
 
+    def decoded(self, row: int) -> torch.Tensor:
+        """Row `row`'s image file decoded to (3, H, W) uint8; read once when a cache is shared."""
+        if self.cache is not None and row in self.cache:
+            return self.cache[row]
+        image = TF.pil_to_tensor(load_rgb(self.records.paths[row]))
+        if self.cache is not None:
+            self.cache[row] = image
+        return image
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
         row = int(self.rows[i])
-        image = TF.pil_to_tensor(load_rgb(self.records.paths[row]))  # (3, H, W) uint8
+        image = self.decoded(row)  # (3, H, W) uint8
         keypoints = torch.from_numpy(self.records.keypoints[row])  # (P, 3)
         box = self.records.boxes[row] if self.crop_to_bbox else None
         image, keypoints = self.transform(image, keypoints, box)
