@@ -9,19 +9,14 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# Python writes the bytecode of each module it imports, once, as it does by default: where
-# PYTHONDONTWRITEBYTECODE is set, nothing would ever be compiled and every process (each test's CLI
-# run, each DDP rank) would pay ~15 s of imports. Compiling lazily costs the first process ~23 s and
-# only for what it imports; compiling the whole venv at install (uv --compile-bytecode) took ~45 s.
-unexport PYTHONDONTWRITEBYTECODE
-
 # (Re)install when the dependency declaration changes. uv (from PyPI, into the venv) installs the
 # dependencies: it links them from its cache, where pip unpacks the ~7 GB of torch's CUDA wheels on
-# every fresh clone.
+# every fresh clone. --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, nothing
+# would ever be compiled and every process (each test's CLI run, each DDP rank) would pay ~15 s.
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[dev]"
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e ".[dev]"
 	touch $(STAMP)
 
 dataset: $(STAMP)

@@ -82,7 +82,7 @@ def test_image_cache_decodes_each_file_once_and_changes_no_sample(parts_root: Pa
     assert set(cached.train_set.cache) == rows and cached.test_set.cache is cached.train_set.cache
     for row, image in cached.train_set.cache.items():
         assert torch.equal(
-            image, torch.from_numpy(np.asarray(real(cached.records.paths[row]))).permute(2, 0, 1)
+            image, torch.from_numpy(np.array(real(cached.records.paths[row]))).permute(2, 0, 1)
         )
     assert plain.train_set.cache is None
 
