@@ -444,7 +444,6 @@ class ProtoPNet(L.LightningModule):
 
     # ---- push -----------------------------------------------------------------------------------
     @torch.no_grad()
-    @torch.no_grad()
     def accuracy_on(self, loader) -> float:
         """Eval-mode accuracy over a loader (used around a push); the module's mode is restored, and
         BatchNorm statistics never see the loader's images."""
