@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from proto_lightning.data.transforms import Augmentation, KeypointImageTransform
 
@@ -175,3 +177,78 @@ def test_downscaling_is_antialiased(augment: Augmentation):
     transform = KeypointImageTransform(16, train=True, augment=augment, mean=(0,) * 3, std=(1,) * 3)
     out, _ = transform(board.expand(3, 48, 48).clone(), torch.zeros(0, 3))
     assert out.std() < 0.15
+
+
+class ContinuousFlip(v2.RandomHorizontalFlip):
+    """torchvision's flip with keypoints mirrored as continuous coordinates (x -> W - x)."""
+
+    def transform(self, inpt, params):
+        out = super().transform(inpt, params)
+        if isinstance(inpt, tv_tensors.KeyPoints):
+            out = tv_tensors.wrap(
+                out.as_subclass(torch.Tensor) + torch.tensor([1.0, 0.0]), like=out
+            )
+        return out
+
+
+def compose_reference(image_size: int, augment: Augmentation, box):
+    """The same steps run by torchvision v2's Compose over tv_tensors (its documented usage): the
+    reference the direct-kernel transform must equal bit for bit. Returns image, keypoints x, y."""
+    size = (image_size, image_size)
+    steps = []
+    if augment.scale_min < 1.0:
+        steps.append(v2.RandomResizedCrop(size, scale=(augment.scale_min, 1.0), antialias=True))
+    else:
+        steps.append(v2.Resize(size, antialias=True))
+    if augment.hflip > 0:
+        steps.append(ContinuousFlip(augment.hflip))
+    if augment.rotate_degrees > 0:
+        steps.append(v2.RandomRotation(augment.rotate_degrees))
+    if augment.color_jitter > 0:
+        j = augment.color_jitter
+        steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.2] * 3, [0.3] * 3)]
+    compose = v2.Compose(steps)
+
+    def run(image: torch.Tensor, keypoints: torch.Tensor):
+        img = tv_tensors.Image(image)
+        kps = tv_tensors.KeyPoints(keypoints[:, :2], canvas_size=tuple(image.shape[-2:]))
+        if box is not None:
+            x, y, w, h = box
+            img, kps = v2.functional.crop(img, y, x, h, w), v2.functional.crop(kps, y, x, h, w)
+        out = compose({"image": img, "keypoints": kps})
+        return out["image"].as_subclass(torch.Tensor), out["keypoints"].as_subclass(torch.Tensor)
+
+    return run
+
+
+@pytest.mark.parametrize(
+    "augment",
+    [
+        Augmentation(),
+        Augmentation(hflip=0.5, rotate_degrees=10, scale_min=0.8),  # the quick-start's
+        Augmentation(hflip=0.5, rotate_degrees=30, scale_min=0.5, color_jitter=0.4),
+    ],
+)
+@pytest.mark.parametrize("box", [None, (7, 5, 70, 52)])
+def test_equals_torchvision_compose_bit_for_bit(augment: Augmentation, box):
+    """Same seed, same draws: image and keypoints equal torchvision's Compose pipeline exactly, and
+    the global RNG is left where that pipeline leaves it (so the training stream is unchanged)."""
+    generator = torch.Generator().manual_seed(3)
+    image = torch.randint(0, 256, (3, 90, 120), dtype=torch.uint8, generator=generator)
+    xy = torch.rand(15, 2, generator=generator) * torch.tensor([140.0, 100.0]) - 10  # some outside
+    keypoints = torch.cat([xy, torch.ones(15, 1)], dim=1)
+    transform = KeypointImageTransform(48, True, augment, mean=(0.2,) * 3, std=(0.3,) * 3)
+    reference = compose_reference(48, augment, box)
+    for seed in range(40):
+        torch.manual_seed(seed)
+        out, kp = transform(image, keypoints, box)
+        after = torch.rand(1)
+        torch.manual_seed(seed)
+        ref_image, ref_xy = reference(image, keypoints)
+        assert torch.equal(torch.rand(1), after), seed
+        assert torch.equal(out, ref_image), seed
+        assert torch.equal(kp[:, :2], ref_xy), seed
+        h, w = ref_image.shape[-2:]
+        inside = (ref_xy >= 0).all(1) & (ref_xy[:, 0] < w) & (ref_xy[:, 1] < h)
+        assert torch.equal(kp[:, 2], inside.float()), seed
