@@ -87,6 +87,37 @@ def test_image_cache_decodes_each_file_once_and_changes_no_sample(parts_root: Pa
     assert plain.train_set.cache is None
 
 
+def test_skipping_unreadable_images_decodes_each_cached_file_once(
+    parts_root: Path, tmp_path: Path, monkeypatch
+):
+    """on_corrupt=skip decodes every file in setup to check it; with cache_images that decode is
+    the cached one, so a file is read once over setup and two passes of every split."""
+    import proto_lightning.data.datamodule as datamodule_module
+    import proto_lightning.data.dataset as dataset_module
+    import proto_lightning.data.images as images_module
+
+    root = tmp_path / "copy"
+    shutil.copytree(parts_root, root)
+    broken = sorted((root / "images").rglob("*.jpg"))[0]
+    broken.write_bytes(broken.read_bytes()[:200])  # truncated JPEG
+    reads: list[Path] = []
+    real = images_module.load_rgb
+    for module in (dataset_module, datamodule_module):  # wherever a decode is called from
+        monkeypatch.setattr(
+            module, "load_rgb", lambda path: reads.append(path) or real(path), raising=False
+        )
+    dm = datamodule(root, on_corrupt="skip", cache_images=True)
+    dm.setup()
+    for _ in range(2):
+        for split in (dm.train_set, dm.val_set, dm.test_set, dm.push_set):
+            for i in range(len(split)):
+                split[i]
+    assert dm.skipped == [broken]
+    assert sorted(map(str, reads)) == sorted(map(str, dm.records.paths))  # each once, broken too
+    kept = {int(r) for split in (dm.train_set, dm.val_set, dm.test_set) for r in split.rows}
+    assert set(dm.train_set.cache) == kept and len(kept) == len(dm.records.paths) - 1
+
+
 def test_bbox_crop_moves_keypoints(parts_root: Path):
     dm = datamodule(parts_root, crop_to_bbox=True)
     dm.setup()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from proto_lightning.data.dataset import PartImageDataset
-from proto_lightning.data.images import load_rgb
+from proto_lightning.data.dataset import PartImageDataset, decode_image
 from proto_lightning.data.records import ImageRecords, read_cub_layout, read_image_folders
 from proto_lightning.data.transforms import (
     IMAGENET_MEAN,
@@ -116,14 +116,17 @@ class PartDataModule(L.LightningDataModule):
         """Number of annotated parts (0 without keypoints)."""
         return len(self.records.part_names)
 
-    def _readable(self, rows: np.ndarray) -> np.ndarray:
-        """With on_corrupt=skip, drop rows whose image cannot be decoded, logging how many."""
+    def _readable(self, rows: np.ndarray, cache: dict[int, torch.Tensor] | None) -> np.ndarray:
+        """With on_corrupt=skip, drop rows whose image cannot be decoded, logging how many; a
+        decoded image goes into `cache` (when images are cached), so it is decoded only once."""
         if self.on_corrupt == "error":
             return rows
         keep = []
         for row in rows:
             try:
-                load_rgb(self.records.paths[row])
+                image = decode_image(self.records.paths[row])
+                if cache is not None:
+                    cache[int(row)] = image
                 keep.append(row)
             except CorruptImageError as err:
                 self.skipped.append(self.records.paths[row])
@@ -144,13 +147,13 @@ class PartDataModule(L.LightningDataModule):
             train_rows, records.labels[train_rows], self.val_fraction, self.seed
         )
         self.skipped = []
+        cache = {} if self.cache_images else None  # one per datamodule (per loader worker)
         train_rows, val_rows, test_rows = (
-            self._readable(r) for r in (train_rows, val_rows, test_rows)
+            self._readable(r, cache) for r in (train_rows, val_rows, test_rows)
         )
         train_tf = KeypointImageTransform(self.image_size, True, self.augment, self.mean, self.std)
         eval_tf = KeypointImageTransform(self.image_size, False, self.augment, self.mean, self.std)
         crop = self.crop_to_bbox
-        cache = {} if self.cache_images else None  # one per datamodule (per loader worker)
         self.train_set = PartImageDataset(records, train_rows, train_tf, crop, cache)
         self.val_set = PartImageDataset(records, val_rows, eval_tf, crop, cache)
         self.test_set = PartImageDataset(records, test_rows, eval_tf, crop, cache)

@@ -15,6 +15,11 @@ from proto_lightning.data.records import ImageRecords
 from proto_lightning.data.transforms import KeypointImageTransform, reference_keypoints
 
 
+def decode_image(path: str) -> torch.Tensor:
+    """An image file decoded to (3, H, W) uint8 RGB; `load_rgb`'s error names a bad file."""
+    return TF.pil_to_tensor(load_rgb(path))
+
+
 class PartImageDataset(Dataset):
     """Samples of the chosen rows: `image` (3, S, S), `label`, `keypoints` (P, 4), `image_id`, `row`.
 
@@ -69,7 +74,7 @@ class PartImageDataset(Dataset):
         """Row `row`'s image file decoded to (3, H, W) uint8; read once when a cache is shared."""
         if self.cache is not None and row in self.cache:
             return self.cache[row]
-        image = TF.pil_to_tensor(load_rgb(self.records.paths[row]))
+        image = decode_image(self.records.paths[row])
         if self.cache is not None:
             self.cache[row] = image
         return image
