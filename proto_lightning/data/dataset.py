@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from proto_lightning.data.records import ImageRecords
 from proto_lightning.data.transforms import KeypointImageTransform, reference_keypoints
 
 
-def decode_image(path: str) -> torch.Tensor:
+def decode_image(path: str | Path) -> torch.Tensor:
     """An image file decoded to (3, H, W) uint8 RGB; `load_rgb`'s error names a bad file."""
     return TF.pil_to_tensor(load_rgb(path))
 
