@@ -22,7 +22,7 @@ import torch
 
 from proto_lightning.prototypes.decomposition import NMFSettings, decompose_head
 from proto_lightning.prototypes.features import collect_features
-from proto_lightning.stages.decompose import project_prototypes
+from proto_lightning.prototypes.projection import project_prototypes
 
 
 def peak_rss_gib() -> float:

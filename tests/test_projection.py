@@ -79,7 +79,7 @@ def test_bad_metric_is_refused():
 @pytest.mark.parametrize("restricted", [False, True])
 def test_decompose_projection_one_class_index_at_a_time_equals_brute_force(restricted: bool):
     from proto_lightning.prototypes.features import FeatureStore
-    from proto_lightning.stages.decompose import project_prototypes
+    from proto_lightning.prototypes.projection import project_prototypes
 
     features, labels, rows, image_ids, locations = patches(seed=2)
     order = np.argsort(labels, kind="stable")  # the store is class-ordered
@@ -167,7 +167,7 @@ def test_a_projection_round_trips_through_tensors_and_reports_its_boxes():
 def test_gpu_placement_follows_the_device_setting_and_the_rank(monkeypatch, caplog):
     """With FAISS seeing GPUs (faked: no index is built), auto and cuda use one, cpu does not; the GPU
     is the one asked for, else the process's LOCAL_RANK; without GPUs, cuda falls back to the CPU."""
-    monkeypatch.setattr(projection.faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(projection.load_faiss(), "get_num_gpus", lambda: 1)
     monkeypatch.setattr(projection.torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert NearestPatchIndex(4, device="auto").gpu and NearestPatchIndex(4, device="cuda").gpu
@@ -177,7 +177,7 @@ def test_gpu_placement_follows_the_device_setting_and_the_rank(monkeypatch, capl
     monkeypatch.delenv("LOCAL_RANK")
     assert NearestPatchIndex(4, device="auto")._gpu_id == 0
     assert "no GPU" not in caplog.text
-    monkeypatch.setattr(projection.faiss, "get_num_gpus", lambda: 0)
+    monkeypatch.setattr(projection.load_faiss(), "get_num_gpus", lambda: 0)
     assert not NearestPatchIndex(4, device="auto").gpu
     assert "no GPU" not in caplog.text  # auto on a CPU machine is the normal case: no warning
     assert not NearestPatchIndex(4, device="cuda").gpu

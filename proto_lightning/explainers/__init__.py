@@ -1,21 +1,30 @@
-"""Heatmap explainers behind one interface: Grad-CAM, LIME, the post-hoc PPN, ProtoPNet and KMEx."""
+"""Heatmap explainers behind one interface: Grad-CAM, LIME, the post-hoc PPN, ProtoPNet and KMEx.
 
-from proto_lightning.explainers.base import Explainer, PrototypeExplainer, to_input_size
-from proto_lightning.explainers.gradcam import GradCAMExplainer
-from proto_lightning.explainers.lime import LimeExplainer
-from proto_lightning.explainers.prototypes import (
-    KMExExplainer,
-    PostHocExplainer,
-    ProtoPNetExplainer,
-)
+The names below are imported on first use (PEP 562), so `explainers.base` loads without captum,
+LIME or Lightning (the post-hoc network and the Python facade need only its `to_input_size`).
+"""
 
-__all__ = [
-    "Explainer",
-    "GradCAMExplainer",
-    "KMExExplainer",
-    "LimeExplainer",
-    "PostHocExplainer",
-    "PrototypeExplainer",
-    "ProtoPNetExplainer",
-    "to_input_size",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_SOURCES = {
+    "Explainer": "base",
+    "PrototypeExplainer": "base",
+    "to_input_size": "base",
+    "GradCAMExplainer": "gradcam",
+    "LimeExplainer": "lime",
+    "KMExExplainer": "prototypes",
+    "PostHocExplainer": "prototypes",
+    "ProtoPNetExplainer": "prototypes",
+}
+
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module when the name is first used."""
+    if name not in _SOURCES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_SOURCES[name]}"), name)

@@ -30,16 +30,13 @@ class PostHocExplainer:
         """Logits (B, C), equal to the black box's."""
         return self.model(images)
 
-    @torch.no_grad()
     def prototype_maps(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """Maps f . p~_i of the classes' prototypes (B, k, h, w)."""
-        feature_map = self.model.blackbox.features(images)  # (B, D, h, w)
-        return torch.einsum("bdhw,bkd->bkhw", feature_map, self.model.prototypes[classes])
+        """Maps f . p~_i of the classes' prototypes (B, k, h, w): the network's own."""
+        return self.model.prototype_maps(images, classes)
 
-    @torch.no_grad()
     def explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Sum of the target class's prototype maps (B, H, W)."""
-        return to_input_size(self.prototype_maps(images, targets).sum(dim=1), images)
+        """Sum of the target class's prototype maps (B, H, W): the network's `heatmaps`."""
+        return self.model.heatmaps(images, targets)
 
 
 class ProtoPNetExplainer:

@@ -21,21 +21,25 @@ from proto_lightning.models.timm_backbones import create_timm_model, timm_body, 
 class FeatureBackbone(nn.Module):
     """A feature extractor whose last feature map has `out_channels` channels.
 
-    The body runs in the channels-last memory layout (weights and activations), the layout oneDNN
-    and cuDNN convolutions are fastest in (a 1.3x faster training step and 2x faster inference of
-    the quick-start CNN on 2 CPU cores); the feature map it returns is contiguous as usual.
+    By default the body runs in the channels-last memory layout (weights and activations), the layout
+    oneDNN and cuDNN convolutions are fastest in (a 1.3x faster training step and 2x faster inference
+    of the quick-start CNN on 2 CPU cores); the feature map it returns is contiguous as usual. A body
+    made of a user's own modules keeps their layout (`channels_last=False`): we do not change it.
+    `name` is None for a body that cannot be rebuilt by name (a user's own model).
     """
 
     def __init__(
         self,
         body: nn.Module,
         out_channels: int,
-        name: str,
+        name: str | None,
         library: str | None = None,
         kwargs: dict | None = None,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
-        self.body = body.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
+        self.body = body.to(memory_format=torch.channels_last) if channels_last else body
         self.out_channels = out_channels
         self.name = name
         self.library = library  # what rebuilds it: build_backbone(name, None, library, kwargs)
@@ -43,7 +47,11 @@ class FeatureBackbone(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H0, W0) -> feature map (B, D, H, W)."""
-        return self.body(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        if x.dim() == 3:  # one image without its batch dimension
+            x = x[None]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.body(x).contiguous()
 
     forward = features
 

@@ -14,7 +14,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from proto_lightning.errors import IncompatibleWeightsError
-from proto_lightning.models.backbones import build_backbone
+from proto_lightning.models.blackbox_net import BlackBoxNet
 from proto_lightning.models.files import (
     checkpoint_hyperparameters,
     read_torch_file,
@@ -33,34 +33,6 @@ OPTIMIZER_DEFAULTS = {
     "backbone_lr_scale": 1.0,
 }
 SCHEDULER_DEFAULTS = {"warmup_epochs": 0, "min_lr_ratio": 0.0}
-
-
-class BlackBoxNet(nn.Module):
-    """logits = V . mean_j f_j(x) + b, with f_j(x) the feature vectors of the backbone's last map."""
-
-    def __init__(
-        self,
-        backbone: str,
-        num_classes: int,
-        weights: str | None = None,
-        library: str | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__()
-        self.backbone = build_backbone(backbone, weights, library, kwargs)
-        self.head = nn.Linear(self.backbone.out_channels, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H0, W0) -> feature map (B, D, H, W)."""
-        return self.backbone.features(x)
-
-    def logits_from_features(self, feature_map: torch.Tensor) -> torch.Tensor:
-        """Feature map (B, D, H, W) -> logits (B, C)."""
-        return self.head(feature_map.mean(dim=(2, 3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H0, W0) -> logits (B, C)."""
-        return self.logits_from_features(self.features(x))
 
 
 class BlackBoxClassifier(L.LightningModule):

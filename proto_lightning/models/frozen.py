@@ -3,16 +3,20 @@ prototypes (C, k, D) in its feature space, and how their artifacts keep and rest
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from proto_lightning.atomic import atomic_torch_save
-from proto_lightning.models.blackbox import BlackBoxClassifier, BlackBoxNet
+from proto_lightning.models.adapters import probe_fingerprint
+from proto_lightning.models.blackbox_net import BlackBoxNet
 from proto_lightning.models.files import plain_data
 from proto_lightning.prototypes.projection import Projection
+
+# a model given at load time is the saved one when its probe features agree to this (relative)
+FINGERPRINT_TOLERANCE = 1e-4
 
 
 class FrozenPrototypes:
@@ -42,10 +46,15 @@ class FrozenPrototypes:
             **own,
             "projection": self.projection.to_dict() if self.projection is not None else None,
             "extras": plain_data(self.extras),
-            "blackbox": blackbox_entry(self.blackbox),
+            "blackbox": blackbox_entry(self.blackbox, self.probe_size()),
             "metadata": plain_data(dict(metadata or {})),
         }
         return atomic_torch_save(path, state)
+
+    def probe_size(self) -> tuple[int, int] | None:
+        """The input size the artifact records (`extras["image_size"]`), the probe's; None if unknown."""
+        size = getattr(self, "extras", {}).get("image_size")
+        return None if size is None else (int(size), int(size))
 
     @property
     def num_classes(self) -> int:
@@ -58,15 +67,58 @@ class FrozenPrototypes:
         return self.prototypes.shape[1]
 
 
-def blackbox_entry(net: BlackBoxNet) -> dict[str, Any]:
-    """The black box as an artifact keeps it (tensors and plain values): what rebuilds it, its weights."""
-    return {
+def blackbox_entry(net: BlackBoxNet, probe_size: Sequence[int] | None = None) -> dict[str, Any]:
+    """The black box as an artifact keeps it (tensors and plain values).
+
+    A black box we rebuild by name keeps that name and its whole state dict; a user's own model
+    (no name) keeps its head only, and needs the model itself to load. With `probe_size`, the
+    body's probe fingerprint (`adapters.probe_fingerprint`) is kept too, to check a model given at
+    load time against the one the artifact was made from.
+    """
+    entry: dict[str, Any] = {
         "backbone": net.backbone.name,
         "library": net.backbone.library,
         "kwargs": net.backbone.kwargs,
         "num_classes": net.head.out_features,
-        "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
     }
+    if net.backbone.name is None:
+        entry["head"] = {k: v.detach().cpu() for k, v in net.head.state_dict().items()}
+        entry["body"] = type(net.backbone.body).__name__
+    else:
+        entry["state_dict"] = {k: v.cpu() for k, v in net.state_dict().items()}
+    if probe_size is not None:
+        size = [int(s) for s in probe_size]
+        entry["probe"] = {"size": size, "pooled": probe_fingerprint(net.backbone, size)}
+    return entry
+
+
+def _saved_head_weight(saved: Mapping[str, Any]) -> torch.Tensor:
+    return saved["head"]["weight"] if "head" in saved else saved["state_dict"]["head.weight"]
+
+
+def require_same_blackbox(
+    saved: Mapping[str, Any], given: BlackBoxNet, path: str | Path, error: type[Exception]
+) -> None:
+    """Refuse `given` unless its head equals the saved one and its body the saved probe fingerprint."""
+    mine, theirs = _saved_head_weight(saved), given.head.weight.detach().cpu()
+    if mine.shape != theirs.shape:
+        raise error(
+            f"{path} was made from a head of shape {tuple(mine.shape)} (C, D); the given black box "
+            f"has {tuple(theirs.shape)}: pass the black box it was made from"
+        )
+    if not torch.allclose(mine, theirs, atol=1e-6):
+        raise error(f"{path} was made from another black box (its head weights differ)")
+    probe = saved.get("probe")
+    if probe is None:
+        return
+    found = probe_fingerprint(given.backbone, probe["size"])
+    gap = float((found - probe["pooled"]).norm() / probe["pooled"].norm().clamp_min(1e-12))
+    if gap > FINGERPRINT_TOLERANCE:
+        raise error(
+            f"{path} was made from another model: the given model's body gives other features on "
+            f"the probe (relative difference {gap:.2g}); pass the model it was made from, with the "
+            "same weights and in eval mode"
+        )
 
 
 def restore_blackbox(
@@ -77,26 +129,27 @@ def restore_blackbox(
     trust_file: bool = False,
 ) -> BlackBoxNet:
     """The artifact's black box (`blackbox_entry`), or `given` (a net or checkpoint path) after checking
-    that it is the same one: the artifact `path` was made from its head."""
-    own = BlackBoxNet(
-        saved["backbone"],
-        saved["num_classes"],
-        library=saved.get("library"),
-        kwargs=saved.get("kwargs"),
-    )
-    own.load_state_dict(saved["state_dict"])
+    that it is the same one: the artifact `path` was made from its head (and body, by its probe)."""
     if given is None:
+        if saved.get("backbone") is None:
+            raise error(
+                f"{path} was made from an in-memory model ({saved.get('body', 'a custom body')}), "
+                "which only its owner can rebuild: load it with PostHocPPN.load(path, "
+                "model=<that model>)"
+            )
+        own = BlackBoxNet(
+            saved["backbone"],
+            saved["num_classes"],
+            library=saved.get("library"),
+            kwargs=saved.get("kwargs"),
+        )
+        own.load_state_dict(saved["state_dict"])
         return own
     if not isinstance(given, BlackBoxNet):
+        from proto_lightning.models.blackbox import BlackBoxClassifier  # Lightning: a CLI path
+
         given = BlackBoxClassifier.load_checkpoint(given, trust_file=trust_file).net
-    mine, theirs = own.head.weight, given.head.weight
-    if mine.shape != theirs.shape:
-        raise error(
-            f"{path} was made from a head of shape {tuple(mine.shape)} (C, D); the given black box "
-            f"has {tuple(theirs.shape)}: pass the black box it was made from"
-        )
-    if not torch.allclose(mine, theirs.detach().cpu(), atol=1e-6):
-        raise error(f"{path} was made from another black box (its head weights differ)")
+    require_same_blackbox(saved, given, path, error)
     return given
 
 

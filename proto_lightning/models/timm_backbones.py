@@ -61,17 +61,23 @@ class TimmFeatureMap(nn.Module):
         if self.tokens:  # (B, N, D) with prefix tokens first -> (B, D, H, W) on the patch grid
             H, W = self.model.patch_embed.dynamic_feat_size(tuple(x.shape[-2:]))
             f = f[:, self.model.num_prefix_tokens :].transpose(1, 2).reshape(len(f), -1, H, W)
-        if self.norm is None:
-            return f
-        z = f.mean(dim=(2, 3))  # (B, D), the pooled vector the LayerNorm sees
-        mu = z.mean(dim=1).view(-1, 1, 1, 1)
-        sigma = (z.var(dim=1, unbiased=False) + self.norm.eps).sqrt().view(-1, 1, 1, 1)
-        g = (f - mu) / sigma
-        if self.norm.weight is not None:
-            g = g * self.norm.weight.view(1, -1, 1, 1)
-        if self.norm.bias is not None:
-            g = g + self.norm.bias.view(1, -1, 1, 1)
-        return g
+        return f if self.norm is None else fold_pooled_layernorm(f, self.norm)
+
+
+def fold_pooled_layernorm(f: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """The map g (B, D, H, W) whose spatial mean is LayerNorm(mean_hw f): the fold of the module docstring.
+
+    With z = mean_hw f (B, D), LN(z) = w (z - mu(z)) / sigma(z) + b = mean_hw [w (f - mu(z)) / sigma(z) + b].
+    """
+    z = f.mean(dim=(2, 3))  # (B, D), the pooled vector the LayerNorm sees
+    mu = z.mean(dim=1).view(-1, 1, 1, 1)
+    sigma = (z.var(dim=1, unbiased=False) + norm.eps).sqrt().view(-1, 1, 1, 1)
+    g = (f - mu) / sigma
+    if norm.weight is not None:
+        g = g * norm.weight.view(1, -1, 1, 1)
+    if norm.bias is not None:
+        g = g + norm.bias.view(1, -1, 1, 1)
+    return g
 
 
 def post_pool_norm(model: nn.Module) -> nn.LayerNorm | None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from proto_lightning.data.loaders import image_of
 from proto_lightning.prototypes.projection import Projection
 
 
@@ -87,14 +88,34 @@ def projected_boxes(
     """Receptive-field and high-activation boxes (Q, 4) of every prototype on the push image it was
     projected onto, in input pixels, as ProtoPNet's push records them (`proto_rf_boxes`,
     `proto_bound_boxes`). `activation_maps(image (1, 3, S, S), queries (n,))` gives those
-    prototypes' maps (n, H, W) on the image; `push_set.by_row(row)` the image of a dataset row.
+    prototypes' maps (n, H, W) on the image; `data.loaders.image_of` reads the image of a row.
     """
     rf = receptive_field_boxes(features_fn, image_size, projection.locations, device)
     high = np.zeros_like(rf)
     for row in np.unique(projection.rows):
-        image = push_set.by_row(int(row))["image"][None].to(device)
+        image = image_of(push_set, int(row))[None].to(device)
         queries = np.flatnonzero(projection.rows == row)
         maps = activation_maps(image, queries)  # (n, H, W)
         for n, q in enumerate(queries):
             high[q] = high_activation_box(maps[n].cpu(), image_size, percentile)
     return {"rf_boxes": rf, "high_activation_boxes": high}
+
+
+def posthoc_boxes(
+    features_fn: Callable[[torch.Tensor], torch.Tensor],
+    projection: Projection,
+    prototypes: torch.Tensor,
+    push_set: Dataset,
+    image_size: int,
+    percentile: float,
+    device: torch.device | str,
+) -> dict[str, np.ndarray]:
+    """`projected_boxes` of post-hoc prototypes (C, k, D), whose activation map is f_j . p~_i."""
+    flat = prototypes.reshape(-1, prototypes.shape[-1]).to(device)  # (Q, D)
+
+    def heatmaps(image: torch.Tensor, queries: np.ndarray) -> torch.Tensor:
+        return torch.einsum("dhw,qd->qhw", features_fn(image)[0], flat[queries])  # (n, H, W)
+
+    return projected_boxes(
+        features_fn, heatmaps, projection, push_set, image_size, percentile, device
+    )

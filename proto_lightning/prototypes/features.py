@@ -9,12 +9,14 @@ every feature map. Every stored row remembers its dataset row, image id and (h, 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+
+from proto_lightning.errors import ConfigValueError
 
 log = logging.getLogger(__name__)
 MISMATCH = "the loader yielded other images than `labels` describes"
@@ -53,11 +55,20 @@ def allocate(n_rows: int, dim: int, ram_budget_gb: float, spill_dir: Path) -> np
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n_rows, dim))
 
 
+def require_labels_below(labels: np.ndarray, num_classes: int) -> None:
+    """Refuse labels outside 0..C-1: the head has no row for them."""
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ConfigValueError(
+            f"the data's labels run from {labels.min()} to {labels.max()}, but the model's head has "
+            f"{num_classes} classes (0..{num_classes - 1}): fit it on the data it was trained on"
+        )
+
+
 @torch.inference_mode()
 def collect_features(
     features_fn,
-    loader: DataLoader,
-    labels: np.ndarray,
+    loader: Iterable[dict[str, torch.Tensor]],
+    labels: np.ndarray | None,
     num_classes: int,
     ram_budget_gb: float,
     spill_dir: Path,
@@ -65,8 +76,13 @@ def collect_features(
 ) -> FeatureStore:
     """Run `features_fn` (images -> (B, D, H, W)) over `loader`, writing each patch into its class's slot.
 
-    `labels` are the labels of the loader's dataset, in order (used to size the class slots first).
+    `labels` are the labels of the loader's dataset, in order (used to size the class slots first);
+    None when they are only known from the batches: the patches are then gathered in RAM first and
+    laid out by class at the end (twice the store's memory at that moment).
     """
+    if labels is None:
+        return _collect_unsized(features_fn, loader, num_classes, device)
+    require_labels_below(labels, num_classes)
     counts = np.bincount(labels, minlength=num_classes)
     image_offsets = np.concatenate([[0], np.cumsum(counts)])
     next_image = image_offsets[:-1].copy()  # next free image slot per class
@@ -107,3 +123,35 @@ def collect_features(
     if not (next_image == image_offsets[1:]).all():
         raise ValueError(MISMATCH)
     return store
+
+
+def _collect_unsized(
+    features_fn, loader: Iterable[dict[str, torch.Tensor]], num_classes: int, device
+) -> FeatureStore:
+    """`collect_features` when the labels are not known before the pass (see there)."""
+    chunks: dict[str, list[np.ndarray]] = {k: [] for k in ("f", "row", "id", "label")}
+    map_size = None
+    for batch in loader:
+        fmap = features_fn(batch["image"].to(device)).float()  # (B, D, H, W)
+        B, D, H, W = fmap.shape
+        map_size = (H, W)
+        chunks["f"].append(fmap.permute(0, 2, 3, 1).reshape(B * H * W, D).cpu().numpy())
+        for key, name in (("row", "row"), ("id", "image_id"), ("label", "label")):
+            chunks[key].append(np.repeat(torch.as_tensor(batch[name]).numpy(), H * W))
+    if map_size is None:
+        raise ValueError("the push split is empty: no features to decompose")
+    labels = np.concatenate(chunks["label"]).astype(np.int64)
+    require_labels_below(labels, num_classes)
+    order = np.argsort(labels, kind="stable")  # class-major, arrival order within a class
+    H, W = map_size
+    hw = np.stack(np.divmod(np.arange(H * W), W), axis=1)  # (HW, 2) as (h, w)
+    counts = np.bincount(labels, minlength=num_classes)
+    return FeatureStore(
+        features=np.concatenate(chunks["f"])[order],
+        rows=np.concatenate(chunks["row"]).astype(np.int64)[order],
+        image_ids=np.concatenate(chunks["id"]).astype(np.int64)[order],
+        locations=np.tile(hw, (len(labels) // (H * W), 1))[order],
+        labels=labels[order],
+        offsets=np.concatenate([[0], np.cumsum(counts)]),
+        map_size=map_size,
+    )

@@ -18,22 +18,48 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-# FAISS logs its CPU-feature probing (a caught ModuleNotFoundError among it) at INFO when imported:
-# noise in every command's output, so its loader speaks from WARNING on (DEBUG shows it again)
-logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-import faiss  # noqa: E402  (after quieting its loader)
+if TYPE_CHECKING:
+    import faiss
+
+    from proto_lightning.prototypes.features import FeatureStore
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def load_faiss():  # noqa: ANN201 (the faiss module)
+    """FAISS, imported on first use: a `Projection` (what a saved network keeps) needs none of it.
+
+    FAISS logs its CPU-feature probing (a caught ModuleNotFoundError among it) at INFO when
+    imported: noise in every command's output, so its loader speaks from WARNING on.
+    """
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    import faiss
+
+    return faiss
+
 
 METRICS = ("l2", "ip")
 # boxes a network may keep per prototype (extras "<name>es", (Q, 4) arrays in input pixels)
 BOX_NAMES = ("rf_box", "high_activation_box")
+
+
+@dataclass(frozen=True)
+class ProjectionSettings:
+    """Nearest-patch projection of the post-hoc prototypes (`model.projection`): metric (ip | l2),
+    restricted to the prototype's class or not, FAISS device (auto | cpu | cuda), and the
+    percentile of the high-activation box."""
+
+    metric: str = "ip"
+    class_restricted: bool = True
+    device: str = "auto"
+    high_activation_percentile: float = 95.0
 
 
 @dataclass
@@ -77,16 +103,20 @@ class Projection:
             self.vectors[queries] = other.vectors
 
     def record(self, q: int, extras: Mapping[str, Any]) -> dict[str, Any]:
-        """Query q's winner as plain values: row, image id, location, distance, and each box of
-        BOX_NAMES that `extras` keeps (under "<name>es", a (Q, 4) array)."""
+        """Query q's winner as plain values: row, image id, location, distance, each box of
+        BOX_NAMES that `extras` keeps (under "<name>es", a (Q, 4) array), and its image file
+        (`path`) when `extras["nearest_paths"]` names one."""
         boxes = {name: extras[f"{name}es"][q] for name in BOX_NAMES if f"{name}es" in extras}
-        return {
+        record = {
             "row": int(self.rows[q]),
             "image_id": int(self.image_ids[q]),
             "location": tuple(int(v) for v in self.locations[q]),
             "distance": float(self.distances[q]),
             **{name: tuple(int(v) for v in box) for name, box in boxes.items()},
         }
+        if extras.get("nearest_paths") and extras["nearest_paths"][q]:
+            record["path"] = extras["nearest_paths"][q]  # the image file, when the data named one
+        return record
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         """Tensors for an artifact file."""
@@ -113,7 +143,7 @@ def merge_nearest(candidates: list[Projection]) -> Projection:
 def _use_gpu(device: str) -> bool:
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"projection device must be auto, cpu or cuda, got {device!r}")
-    gpus = faiss.get_num_gpus()  # 0 in a CPU-only build
+    gpus = load_faiss().get_num_gpus()  # 0 in a CPU-only build
     if device == "cuda" and gpus == 0:
         log.warning("projection.device=cuda but FAISS sees no GPU: using CPU indexes")
     return device != "cpu" and gpus > 0
@@ -131,7 +161,7 @@ def _this_process_gpu() -> int:
 def gpu_resources(gpu: int) -> faiss.StandardGpuResources:
     """One FAISS resources object per GPU per process (each reserves ~1.5 GiB of scratch memory and
     pinned host memory), shared by every index this process places on that GPU."""
-    return faiss.StandardGpuResources()
+    return load_faiss().StandardGpuResources()
 
 
 class NearestPatchIndex:
@@ -162,6 +192,7 @@ class NearestPatchIndex:
 
     def _index(self, label: int) -> faiss.Index:
         if label not in self._indexes:
+            faiss = load_faiss()
             flat = (
                 faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
             )
@@ -263,3 +294,48 @@ def _as_float32(x: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", torch.float32).numpy()
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _index_rows(
+    store: FeatureStore, rows: slice, metric: str, device: str, chunk: int
+) -> NearestPatchIndex:
+    """A FAISS index over some rows of the feature store, added in chunks."""
+    index = NearestPatchIndex(store.features.shape[1], metric=metric, device=device)
+    for start in range(rows.start, rows.stop, chunk):
+        s = slice(start, min(start + chunk, rows.stop))
+        index.add(
+            store.features[s],
+            store.labels[s],
+            store.rows[s],
+            store.image_ids[s],
+            store.locations[s],
+        )
+    return index
+
+
+def project_prototypes(
+    store: FeatureStore,
+    prototypes: torch.Tensor,
+    metric: str,
+    class_restricted: bool,
+    device: str,
+    chunk: int = 65536,
+) -> Projection:
+    """Nearest training patch of every prototype (C, k, D), streamed from the feature store in chunks.
+
+    Restricted to the prototype's class, one class's index exists at a time, so the index memory is
+    bounded by the largest class rather than the push set; otherwise one index holds every patch.
+    """
+    C, k, D = prototypes.shape
+    queries = prototypes.reshape(C * k, D)
+    if not class_restricted:
+        return _index_rows(store, slice(0, len(store.features)), metric, device, chunk).search(
+            queries
+        )
+    found = Projection.empty(C * k)
+    for c in range(C):
+        rows = slice(int(store.offsets[c]), int(store.offsets[c + 1]))
+        if rows.stop > rows.start:  # classes of other DDP ranks have empty slots
+            mine = np.arange(c * k, (c + 1) * k)
+            found.place(_index_rows(store, rows, metric, device, chunk).search(queries[mine]), mine)
+    return found

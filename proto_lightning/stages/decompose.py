@@ -22,7 +22,8 @@ from proto_lightning.models.files import require_class_count
 from proto_lightning.models.imported import import_classifier, save_as_checkpoint
 from proto_lightning.models.kmex import KMExNetwork
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
-from proto_lightning.prototypes.boxes import projected_boxes
+from proto_lightning.models.posthoc_network import network_extras
+from proto_lightning.prototypes.boxes import posthoc_boxes
 from proto_lightning.prototypes.decomposition import (
     HeadDecomposition,
     NMFSettings,
@@ -31,7 +32,7 @@ from proto_lightning.prototypes.decomposition import (
 )
 from proto_lightning.prototypes.features import FeatureStore, collect_features
 from proto_lightning.prototypes.kmeans import KMeansSettings, class_centres, image_embeddings
-from proto_lightning.prototypes.projection import NearestPatchIndex, Projection, all_reduce_nearest
+from proto_lightning.prototypes.projection import Projection, all_reduce_nearest, project_prototypes
 from proto_lightning.stages.common import (
     StageResult,
     build_trainer,
@@ -49,76 +50,6 @@ log = logging.getLogger(__name__)
 # would be rounded to 16 bits, so the network is tested in full precision whatever the trainer says.
 EXACT_PRECISION = "32-true"
 EVALUATED_METHODS = ["posthoc"]  # evaluate_after's rows: the new network's, beside the black box's
-
-
-def _index_rows(
-    store: FeatureStore, rows: slice, metric: str, device: str, chunk: int
-) -> NearestPatchIndex:
-    """A FAISS index over some rows of the feature store, added in chunks."""
-    index = NearestPatchIndex(store.features.shape[1], metric=metric, device=device)
-    for start in range(rows.start, rows.stop, chunk):
-        s = slice(start, min(start + chunk, rows.stop))
-        index.add(
-            store.features[s],
-            store.labels[s],
-            store.rows[s],
-            store.image_ids[s],
-            store.locations[s],
-        )
-    return index
-
-
-def project_prototypes(
-    store: FeatureStore,
-    prototypes: torch.Tensor,
-    metric: str,
-    class_restricted: bool,
-    device: str,
-    chunk: int = 65536,
-) -> Projection:
-    """Nearest training patch of every prototype (C, k, D), streamed from the feature store in chunks.
-
-    Restricted to the prototype's class, one class's index exists at a time, so the index memory is
-    bounded by the largest class rather than the push set; otherwise one index holds every patch.
-    """
-    C, k, D = prototypes.shape
-    queries = prototypes.reshape(C * k, D)
-    if not class_restricted:
-        return _index_rows(store, slice(0, len(store.features)), metric, device, chunk).search(
-            queries
-        )
-    found = Projection.empty(C * k)
-    for c in range(C):
-        rows = slice(int(store.offsets[c]), int(store.offsets[c + 1]))
-        if rows.stop > rows.start:  # classes of other DDP ranks have empty slots
-            mine = np.arange(c * k, (c + 1) * k)
-            found.place(_index_rows(store, rows, metric, device, chunk).search(queries[mine]), mine)
-    return found
-
-
-def winner_boxes(
-    net: BlackBoxNet,
-    datamodule,
-    projection: Projection,
-    prototypes: torch.Tensor,
-    percentile: float,
-    device: torch.device,
-) -> dict[str, np.ndarray]:
-    """Receptive-field and high-activation boxes (Q, 4) of each prototype's winning patch, in input pixels."""
-    flat = prototypes.reshape(-1, prototypes.shape[-1]).to(device)  # (Q, D)
-
-    def heatmaps(image: torch.Tensor, queries: np.ndarray) -> torch.Tensor:
-        return torch.einsum("dhw,qd->qhw", net.features(image)[0], flat[queries])  # (n, H, W)
-
-    return projected_boxes(
-        net.features,
-        heatmaps,
-        projection,
-        datamodule.push_set,
-        datamodule.image_size,
-        percentile,
-        device,
-    )
 
 
 def log_decomposition(
@@ -321,8 +252,14 @@ def project(
         else Projection.empty(prototypes.shape[0] * prototypes.shape[1])
     )
     projection = all_reduce_nearest(local)
-    boxes = winner_boxes(
-        net, datamodule, projection, prototypes, settings.high_activation_percentile, device
+    boxes = posthoc_boxes(
+        net.features,
+        projection,
+        prototypes,
+        datamodule.push_set,
+        datamodule.image_size,
+        settings.high_activation_percentile,
+        device,
     )
     return projection, boxes
 
@@ -368,28 +305,19 @@ def build_network(
     datamodule,
 ) -> PostHocPrototypeNetwork:
     """The post-hoc network (on the CPU), with what its artifact records beside the prototypes."""
-    extras = {
-        "bases": decomposition.bases,
-        "alpha": decomposition.alpha,
-        "beta": decomposition.beta,
-        "shift": decomposition.shift,
-        "residual_norm": decomposition.residual_norm,
-        "objective_even": decomposition.objective_even,
-        "objective_refined": decomposition.objective_refined,
-        "nmf_objective": decomposition.nmf_objective,
-        **boxes,
-        # a rank with no class batch has no store: take the map size of one that has
-        "map_size": next(
-            m
-            for m in gather_objects(store.map_size if store is not None else None)
-            if m is not None
-        ),
+    # a rank with no class batch has no store: take the map size of one that has
+    map_size = next(
+        m for m in gather_objects(store.map_size if store is not None else None) if m is not None
+    )
+    preprocessing = {
         "image_size": datamodule.image_size,
-        "class_names": datamodule.records.class_names,
-        "part_names": datamodule.records.part_names,
         "mean": datamodule.mean,
         "std": datamodule.std,
     }
+    records = datamodule.records
+    extras = network_extras(
+        decomposition, boxes, map_size, preprocessing, records.class_names, records.part_names
+    )
     bias = net.head.bias.detach().cpu()
     return PostHocPrototypeNetwork(net.cpu(), decomposition.prototypes, bias, projection, extras)
 

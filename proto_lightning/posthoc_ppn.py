@@ -1,0 +1,312 @@
+"""`PostHocPPN`: explain the classifier in your notebook as a post-hoc part-prototype network.
+
+Construct -> fit -> explain, as captum's fitted explainers are used:
+
+    ppn = PostHocPPN(model, prototypes_per_class=3)  # finds body and head, checks exactness on a probe
+    ppn.fit(train_loader)                            # (images, labels) batches, dict batches, a datamodule
+    ppn(images)                                      # == model(images)
+    ppn.explain(images)                              # ranked "this looks like that" terms per image
+    ppn.heatmaps(images, targets)                    # (B, H, W), the explainer interface
+    ppn.save("posthoc.pt"); PostHocPPN.load("posthoc.pt", model=model)
+
+The steps of `fit` are the ones the `decompose` stage runs (collect_features -> decompose_head ->
+project_prototypes -> posthoc_boxes -> PostHocNetwork); the stage adds configuration, DDP sharding,
+artifacts and logging. This module imports neither Hydra, W&B nor Lightning, and FAISS only when a
+fit projects the prototypes.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from proto_lightning.data.loaders import (
+    dataset_labels,
+    dict_batches,
+    image_of,
+    image_path,
+    sequential_loader,
+)
+from proto_lightning.errors import ConfigValueError, ProtoLightningError
+from proto_lightning.models.adapters import (
+    Preprocessing,
+    check_probe,
+    declared_preprocessing,
+    model_device,
+    split_classifier,
+)
+from proto_lightning.models.blackbox_net import BlackBoxNet
+from proto_lightning.models.posthoc_network import PostHocNetwork, network_extras
+from proto_lightning.models.timm_backbones import probe_size
+from proto_lightning.prototypes.boxes import posthoc_boxes
+from proto_lightning.prototypes.decomposition import NMFSettings, RefinementSettings, decompose_head
+from proto_lightning.prototypes.features import collect_features
+from proto_lightning.prototypes.projection import ProjectionSettings, project_prototypes
+
+log = logging.getLogger(__name__)
+
+
+class NotFittedError(ProtoLightningError, RuntimeError):
+    """The facade was asked to explain before `fit` (or `load`) gave it prototypes."""
+
+
+class PreprocessingMismatchError(ConfigValueError):
+    """The data's image size, mean or std disagree with what the model declares it was trained with."""
+
+
+def require_preprocessing(declared: Preprocessing | None, given: Preprocessing, where: str) -> None:
+    """Refuse data preprocessing that disagrees with the model's declared one, naming both values."""
+    if declared is None:
+        return
+    differ = declared.disagreements(given)
+    if differ:
+        raise PreprocessingMismatchError(
+            f"the model declares other preprocessing than {where}: "
+            + "; ".join(f"model {d.replace(' against ', ', data ')}" for d in differ)
+            + ". Give the data the model's values, or turn the check off "
+            "(check_preprocessing=False; CLI: check_preprocessing=false) if it was trained otherwise"
+        )
+
+
+class PostHocPPN(nn.Module):
+    """A trained classifier's head decomposed into part-prototypes (Tan, Zhou & Chen, ICML 2024).
+
+    The classifier stays frozen and unchanged; after `fit` every logit is a sum of "this patch looks
+    like that prototype" terms plus the bias, equal to the classifier's own logit (float32).
+
+    Args:
+        model: the trained classifier, images (B, 3, H, W) -> logits (B, C), used in eval mode.
+            torchvision ResNet, DenseNet, RegNet, EfficientNet, MobileNetV2, ConvNeXt and timm
+            models are split into body and head automatically.
+        prototypes_per_class: k, the prototypes of each class.
+        features: for any other model, the layer whose output is the last feature map (B, D, H, W),
+            or a callable images -> that map.
+        head: with `features`, the model's `nn.Linear` classifier on the map's spatial mean.
+        preprocessing: the data's image size, mean and std, recorded in the artifact; checked
+            against what the model declares (timm's `pretrained_cfg`) unless `check_preprocessing`
+            is False.
+        nmf, refinement, projection: the steps' settings (defaults: the CLI's `conf/model/posthoc.yaml`).
+        seed: seeds the factorisation.
+        ram_budget_gb: feature store size kept in RAM; above it the store is memory-mapped.
+
+    Raises:
+        NotDecomposableError: the head is not linear on a spatial mean (the reason is named).
+        PreprocessingMismatchError: `preprocessing` disagrees with the model's declaration.
+
+    Example:
+        >>> import torch, torchvision
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> model = torchvision.models.resnet18(num_classes=2).eval()
+        >>> data = TensorDataset(torch.rand(8, 3, 64, 64), torch.arange(8) % 2)
+        >>> ppn = PostHocPPN(model, prototypes_per_class=2).fit(DataLoader(data, batch_size=4))
+        >>> torch.allclose(ppn(data.tensors[0]), model(data.tensors[0]), atol=1e-4)
+        True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        prototypes_per_class: int = 3,
+        features: nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None,
+        head: nn.Linear | None = None,
+        preprocessing: Preprocessing | None = None,
+        check_preprocessing: bool = True,
+        nmf: NMFSettings | None = None,
+        refinement: RefinementSettings | None = None,
+        projection: ProjectionSettings | None = None,
+        seed: int = 0,
+        ram_budget_gb: float = 4.0,
+    ) -> None:
+        super().__init__()
+        if prototypes_per_class < 1:
+            raise ConfigValueError(f"prototypes_per_class must be >= 1, got {prototypes_per_class}")
+        model.eval()
+        parts = split_classifier(model, features, head)
+        self.declared = declared_preprocessing(model)
+        self.check_preprocessing = check_preprocessing
+        if preprocessing is not None and check_preprocessing:
+            require_preprocessing(self.declared, preprocessing, "the given preprocessing")
+        self.preprocessing = preprocessing or self.declared or Preprocessing()
+        size = self.preprocessing.image_size
+        check_probe(model, parts, (size, size) if size else probe_size(model))
+        self.family = parts.family
+        self.blackbox = BlackBoxNet.of(parts.backbone, parts.head)
+        self.k, self.seed, self.ram_budget_gb = prototypes_per_class, seed, ram_budget_gb
+        self.nmf = nmf or NMFSettings()
+        self.refinement = refinement or RefinementSettings()
+        self.projection_settings = projection or ProjectionSettings()
+        self.network: PostHocNetwork | None = None
+
+    # ---- fit ------------------------------------------------------------------------------------
+
+    def _loader(self, data: Any) -> DataLoader:
+        """The loader to fit from: a DataLoader read in order, or a datamodule's push/train loader
+        (its image size, mean and std checked against the model's declaration first)."""
+        if isinstance(data, DataLoader):
+            return sequential_loader(data)
+        if hasattr(data, "setup") and hasattr(data, "train_dataloader"):
+            given = Preprocessing(
+                getattr(data, "image_size", None),
+                getattr(data, "mean", None),
+                getattr(data, "std", None),
+            )
+            if self.check_preprocessing:
+                require_preprocessing(self.declared, given, "the datamodule's")
+            self.preprocessing = Preprocessing(
+                given.image_size or self.preprocessing.image_size,
+                given.mean or self.preprocessing.mean,
+                given.std or self.preprocessing.std,
+            )
+            data.setup("fit")
+            loader = data.push_dataloader() if hasattr(data, "push_dataloader") else None
+            return sequential_loader(loader or data.train_dataloader())
+        raise TypeError(
+            f"fit takes a DataLoader or a LightningDataModule, got a {type(data).__name__}"
+        )
+
+    def fit(self, data: DataLoader | Any, spill_dir: str | Path | None = None) -> PostHocPPN:
+        """Discover, refine and project the prototypes of every class from training data.
+
+        Args:
+            data: a `DataLoader` of (images, labels) tuples or dict batches (shuffled ones are read
+                in order), or a `LightningDataModule` (its push/train split).
+            spill_dir: where a feature store over `ram_budget_gb` is memory-mapped (default: a
+                temporary folder, removed afterwards).
+
+        Returns:
+            self, fitted: `self.network` holds the prototypes and their nearest training patches.
+        """
+        loader = self._loader(data)
+        device = model_device(self.blackbox)
+        V = self.blackbox.head.weight.detach().cpu()
+        with tempfile.TemporaryDirectory() as scratch:
+            store = collect_features(
+                self.blackbox.features,
+                dict_batches(loader),
+                dataset_labels(loader.dataset),
+                V.shape[0],
+                self.ram_budget_gb,
+                Path(spill_dir or scratch),
+                device,
+            )
+            decomposition = decompose_head(
+                store, V, self.k, self.nmf, self.refinement, self.seed, device
+            )
+            found = project_prototypes(
+                store,
+                decomposition.prototypes,
+                self.projection_settings.metric,
+                self.projection_settings.class_restricted,
+                self.projection_settings.device,
+            )
+        self.network = self._network(decomposition, found, store.map_size, loader.dataset, device)
+        log.info(
+            "fitted %d x %d prototypes: relative head error %.3g",
+            *decomposition.prototypes.shape[:2],
+            self.network.relative_head_error(),
+        )
+        return self
+
+    def _network(self, decomposition, found, map_size, dataset, device) -> PostHocNetwork:
+        """The fitted network, with the boxes and image paths of its nearest patches."""
+        image_size = self.preprocessing.image_size or int(
+            image_of(dataset, int(found.rows[0])).shape[-1]
+        )
+        boxes = posthoc_boxes(
+            self.blackbox.features,
+            found,
+            decomposition.prototypes,
+            dataset,
+            image_size,
+            self.projection_settings.high_activation_percentile,
+            device,
+        )
+        paths = [image_path(dataset, int(row)) for row in found.rows]
+        preprocessing = Preprocessing(image_size, self.preprocessing.mean, self.preprocessing.std)
+        extras = network_extras(
+            decomposition,
+            boxes,
+            map_size,
+            preprocessing.as_dict(),
+            class_names=getattr(dataset, "classes", None),
+            nearest_paths=paths if any(p is not None for p in paths) else None,
+        )
+        bias = self.blackbox.head.bias.detach().cpu()
+        return PostHocNetwork(self.blackbox, decomposition.prototypes, bias, found, extras)
+
+    # ---- use ------------------------------------------------------------------------------------
+
+    @property
+    def fitted(self) -> PostHocNetwork:
+        """The fitted network (raises `NotFittedError` before `fit` or `load`)."""
+        if self.network is None:
+            raise NotFittedError(
+                "call fit(train_loader) first, or PostHocPPN.load(path, model=...)"
+            )
+        return self.network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) or one image (3, H, W) -> logits (B, C), equal to the model's."""
+        return self.fitted(images)
+
+    def explain(self, images: torch.Tensor, target: torch.Tensor | int | None = None) -> list:
+        """Per image, the explained class's prototype terms, ranked (`PostHocNetwork.explain`).
+
+        Example:
+            >>> # e = ppn.explain(image)[0]; e.contributions.sum() + bias == logit of e.label
+        """
+        return self.fitted.explain(images, target)
+
+    def heatmaps(self, images: torch.Tensor, targets: torch.Tensor | int) -> torch.Tensor:
+        """The targets' class heatmaps (B, H, W) at the input size (`PostHocNetwork.heatmaps`)."""
+        return self.fitted.heatmaps(images, targets)
+
+    def relative_head_error(self) -> float:
+        """||V - sum_i p~_i||_F / ||V||_F: 0 to float precision (below 1e-6 in float32)."""
+        return self.fitted.relative_head_error()
+
+    @property
+    def prototypes(self) -> torch.Tensor:
+        """The refined prototypes (C, k, D); they sum over k to the head's rows."""
+        return self.fitted.prototypes
+
+    # ---- files ----------------------------------------------------------------------------------
+
+    def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """Write the fitted network as one artifact of tensors and plain values (`weights_only`)."""
+        metadata = {"family": self.family, "made_by": "PostHocPPN", **(metadata or {})}
+        return self.fitted.save(path, metadata)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        model: nn.Module,
+        features: nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None,
+        head: nn.Linear | None = None,
+    ) -> PostHocPPN:
+        """Restore a saved network onto `model`, checked to be the one it was made from (its head
+        weights and a probe fingerprint of its body).
+
+        Example:
+            >>> # ppn.save("posthoc.pt"); ppn = PostHocPPN.load("posthoc.pt", model=model)
+        """
+        ppn = cls(model, features=features, head=head, check_preprocessing=False)
+        ppn.network = PostHocNetwork.load(path, blackbox=ppn.blackbox)
+        ppn.k = ppn.network.prototypes_per_class
+        extras = ppn.network.extras
+        ppn.preprocessing = Preprocessing(
+            extras.get("image_size"),
+            *(tuple(extras[k]) if extras.get(k) is not None else None for k in ("mean", "std")),
+        )
+        return ppn
+
+
+__all__ = ["NotFittedError", "PostHocPPN", "Preprocessing", "PreprocessingMismatchError"]
