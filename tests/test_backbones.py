@@ -6,8 +6,9 @@ import pytest
 import torch
 import torchvision
 
-from proto_lightning.errors import IncompatibleWeightsError
+from proto_lightning.errors import ConfigValueError, IncompatibleWeightsError
 from proto_lightning.models import BACKBONES, BlackBoxNet, build_backbone
+from proto_lightning.models.adapters import split_classifier
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
@@ -83,6 +84,23 @@ def test_weights_of_another_architecture_are_refused(tmp_path: Path):
         build_backbone("resnet18", str(truncated))
 
 
-def test_unknown_backbone_lists_the_registry():
-    with pytest.raises(KeyError, match="resnet50"):
+def test_unknown_backbone_lists_the_registry_and_the_closest_names():
+    with pytest.raises(ConfigValueError, match="resnet50"):
         build_backbone("resnet5")
+    with pytest.raises(ConfigValueError, match="Did you mean resnet18"):
+        build_backbone("resnet81")
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "regnet_y_400mf", "mobilenet_v2"])
+def test_any_torchvision_classifier_with_a_linear_head_is_a_backbone(name):
+    """Beyond the registry, by name: the body of torchvision's classifier; with its weights and head
+    the black box gives torchvision's own logits."""
+    torch.manual_seed(0)
+    reference = torchvision.models.get_model(name, num_classes=3).eval()
+    net = BlackBoxNet(name, 3).eval()
+    parts = split_classifier(reference)
+    net.backbone.body.load_state_dict(parts.backbone.body.state_dict())
+    net.head.load_state_dict(parts.head.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(net(x), reference(x), atol=1e-5, rtol=1e-4)

@@ -7,6 +7,7 @@ torchvision bodies and the small CNN are post-ReLU (non-negative); timm's may be
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
+from proto_lightning.errors import ConfigValueError
 from proto_lightning.models.files import load_state_dict_file
 from proto_lightning.models.timm_backbones import create_timm_model, timm_body, timm_model_kwargs
 
@@ -90,29 +92,23 @@ def _torchvision_model(name: str, weights: str | None) -> nn.Module:
     return torchvision.models.get_model(name, weights=weights)
 
 
-def resnet_body(m: nn.Module, name: str) -> FeatureBackbone:
-    """A torchvision ResNet's layers up to its last block (its `avgpool` and `fc` left out)."""
-    body = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4)
-    return FeatureBackbone(body, m.fc.in_features, name)
+def torchvision_classifier_names() -> list[str]:
+    """torchvision's image classification models (`resnet50`, `efficientnet_b0`, `convnext_tiny`, ...)."""
+    return torchvision.models.list_models(module=torchvision.models)
 
 
-def densenet_body(m: nn.Module, name: str) -> FeatureBackbone:
-    """A torchvision DenseNet's features with the final ReLU its forward() applies."""
-    return FeatureBackbone(nn.Sequential(m.features, nn.ReLU()), m.classifier.in_features, name)
+def _torchvision_classifier(name: str, weights: str | None) -> FeatureBackbone:
+    """The body of any torchvision classifier whose head qualifies (`adapters.split_classifier`)."""
+    from proto_lightning.models.adapters import split_classifier  # (adapters builds on this module)
 
-
-def _resnet(name: str, weights: str | None) -> FeatureBackbone:
-    return resnet_body(_torchvision_model(name, weights), name)
+    body = split_classifier(_torchvision_model(name, weights), name=name).backbone
+    return FeatureBackbone(body.body, body.out_channels, name)
 
 
 def _vgg(name: str, weights: str | None) -> FeatureBackbone:
     # conv features (ending in ReLU + max-pool, so non-negative); GAP + linear head replace the MLP
     m = _torchvision_model(name, weights)
     return FeatureBackbone(m.features, 512, name)
-
-
-def _densenet(name: str, weights: str | None) -> FeatureBackbone:
-    return densenet_body(_torchvision_model(name, weights), name)
 
 
 def _small_cnn(name: str, weights: str | None) -> FeatureBackbone:
@@ -123,9 +119,8 @@ def _small_cnn(name: str, weights: str | None) -> FeatureBackbone:
 
 
 BACKBONES: dict[str, Callable[[str, str | None], FeatureBackbone]] = {
-    **dict.fromkeys(RESNETS, _resnet),
+    **dict.fromkeys(RESNETS + DENSENETS, _torchvision_classifier),
     **dict.fromkeys(VGGS, _vgg),
-    **dict.fromkeys(DENSENETS, _densenet),
     "small_cnn": _small_cnn,
 }
 
@@ -145,9 +140,15 @@ def build_backbone(
         return FeatureBackbone(body, channels, name, library, kwargs)
     if library not in (None, "torchvision"):
         raise ValueError(f"model.backbone.library must be one of {LIBRARIES}, got {library!r}")
-    if name not in BACKBONES:
-        raise KeyError(
-            f"unknown backbone {name!r}; registered: {sorted(BACKBONES)}, or any timm model with "
-            "model/backbone=timm"
-        )
-    return BACKBONES[name](name, weights)
+    if name in BACKBONES:
+        return BACKBONES[name](name, weights)
+    if name in torchvision_classifier_names():
+        return _torchvision_classifier(name, weights)
+    known = sorted(BACKBONES)
+    close = difflib.get_close_matches(name, [*known, *torchvision_classifier_names()], n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigValueError(
+        f"unknown backbone {name!r}.{hint} Registered: {known}; any torchvision classifier "
+        "(torchvision.models.list_models()) whose head is linear on pooled features; or any timm "
+        "model with model/backbone=timm"
+    )

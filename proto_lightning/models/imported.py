@@ -1,8 +1,8 @@
 """Bring your own black box: a classifier trained elsewhere, from its plain state dict, as our black box.
 
 `proto-lightning decompose blackbox=<name> blackbox_weights=<file>` needs no `blackbox` stage: the
-named architecture (a torchvision ResNet/DenseNet, or any timm model) is built with the data's class
-count, the user's whole state dict is loaded into it (strictly: keys that do not fit are named), and
+named architecture (any torchvision classifier whose head qualifies, or any timm model) is built
+with the data's class count, the user's whole state dict is loaded into it (strictly: keys that do not fit are named), and
 it is split into our body (`features`) and its own linear classifier, which becomes the head (V, b).
 The result is written as a black-box checkpoint, so every later stage (evaluate, protopnet's
 `init_from_blackbox`) reads it like one trained here.
@@ -10,54 +10,30 @@ The result is written as a black-box checkpoint, so every later stage (evaluate,
 
 from __future__ import annotations
 
+import difflib
 import logging
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 import torchvision
 from torch import nn
 
 from proto_lightning.atomic import atomic_torch_save
 from proto_lightning.errors import ConfigValueError, IncompatibleWeightsError
-from proto_lightning.models.backbones import (
-    DENSENETS,
-    RESNETS,
-    VGGS,
-    FeatureBackbone,
-    densenet_body,
-    resnet_body,
-)
+from proto_lightning.models.adapters import check_probe, split_classifier
+from proto_lightning.models.backbones import FeatureBackbone, torchvision_classifier_names
 from proto_lightning.models.blackbox import OPTIMIZER_DEFAULTS, BlackBoxClassifier
 from proto_lightning.models.files import load_state_dict_checked, plain_data, read_state_dict
 from proto_lightning.models.timm_backbones import (
     create_timm_model,
+    probe_size,
     timm_body,
-    timm_classifier,
     timm_model_kwargs,
 )
 
 log = logging.getLogger(__name__)
-
-
-def classifier_library(name: str) -> str:
-    """Which library builds the classifier `name`: torchvision for its ResNets and DenseNets, else timm."""
-    if name in VGGS:
-        raise IncompatibleWeightsError(
-            f"torchvision {name} classifies with a 3-layer MLP on its flattened 7x7 map, not a linear "
-            "layer on a spatial mean, so its logits cannot be decomposed exactly; use a model whose "
-            "head is linear after global average pooling (ResNet, DenseNet, timm CNNs, avg-pool ViTs)"
-        )
-    if name in RESNETS + DENSENETS:
-        return "torchvision"
-    import timm
-
-    if timm.is_model(name):
-        return "timm"
-    raise ConfigValueError(
-        f"unknown classifier {name!r}: give a torchvision ResNet/DenseNet ({', '.join(RESNETS + DENSENETS)}) "
-        "or a timm model name (timm.list_models() lists them)"
-    )
 
 
 def _head_key(model: nn.Module, head: nn.Linear) -> str:
@@ -66,31 +42,69 @@ def _head_key(model: nn.Module, head: nn.Linear) -> str:
     return f"{prefix}.weight"
 
 
-def _split(name: str, library: str, model: nn.Module) -> tuple[FeatureBackbone, nn.Linear]:
-    """A loaded classifier -> (our feature body, its linear classifier)."""
+def _fits(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """Whether `state` holds exactly `model`'s keys (its classifier's shape aside)."""
+    return model.state_dict().keys() == state.keys()
+
+
+def _build(name: str, library: str, num_classes: int, kwargs: dict) -> nn.Module:
     if library == "timm":
-        head = timm_classifier(model, name)
-        model.reset_classifier(0)  # the body keeps everything before the classifier
+        return create_timm_model(name, num_classes, None, kwargs)
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def classifier_model(
+    name: str, state: dict[str, torch.Tensor], num_classes: int, kwargs: dict
+) -> tuple[nn.Module, str]:
+    """The classifier `name` built to receive `state`, and its library (torchvision or timm).
+
+    A name both libraries know (resnet50, efficientnet_b0, convnext_tiny ...) is built by the one
+    whose parameter names the file holds, torchvision's first; a name neither knows is refused with
+    the closest names.
+    """
+    import timm
+
+    libraries = [
+        lib
+        for lib, known in (
+            ("torchvision", name in torchvision_classifier_names()),
+            ("timm", timm.is_model(name)),
+        )
+        if known
+    ]
+    if not libraries:
+        close = difflib.get_close_matches(name, torchvision_classifier_names(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigValueError(
+            f"unknown classifier {name!r}.{hint} Give a torchvision classification model "
+            "(torchvision.models.list_models()) or a timm model name (timm.list_models())"
+        )
+    for library in libraries:
+        model = _build(name, library, num_classes, kwargs if library == "timm" else {})
+        if _fits(model, state):
+            return model, library
+    first = libraries[0]  # neither fits: the first one's checks name what is wrong
+    return _build(name, first, num_classes, kwargs if first == "timm" else {}), first
+
+
+def _split(name: str, library: str, model: nn.Module) -> tuple[FeatureBackbone, nn.Linear]:
+    """A loaded classifier (ours, built here) -> (our feature body, its linear classifier)."""
+    parts = split_classifier(model, name=name)
+    if library == "timm":
+        model.reset_classifier(0)  # our own copy: the body keeps everything before the classifier
         body, channels = timm_body(model, name)
-        return FeatureBackbone(body, channels, name, library), head
-    if name in RESNETS:
-        return resnet_body(model, name), model.fc
-    return densenet_body(model, name), model.classifier
+        return FeatureBackbone(body, channels, name, library), parts.head
+    return FeatureBackbone(parts.backbone.body, parts.backbone.out_channels, name), parts.head
 
 
 def import_classifier(
     name: str, weights: str | Path, num_classes: int, kwargs: dict[str, Any] | None = None
 ) -> BlackBoxClassifier:
     """The classifier `name` with the user's state dict `weights`, as our black box (head = its classifier)."""
-    library = classifier_library(name)
     kwargs = timm_model_kwargs(kwargs)
-    if library == "timm":
-        model = create_timm_model(name, num_classes, None, kwargs)
-        head = timm_classifier(model, name)
-    else:
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-        head = model.fc if name in RESNETS else model.classifier
     state = read_state_dict(Path(weights))
+    model, library = classifier_model(name, state, num_classes, kwargs)
+    head = split_classifier(model, name=name).head  # refuses an MLP or class-token head first
     key = _head_key(model, head)
     if key in state and state[key].shape[0] != num_classes:
         raise IncompatibleWeightsError(
@@ -98,7 +112,8 @@ def import_classifier(
             f"data has {num_classes}: decompose it on the data it was trained on"
         )
     load_state_dict_checked(model, state, Path(weights))
-    backbone, head = _split(name, library, model.eval())
+    check_probe(model.eval(), split_classifier(model, name=name), probe_size(model))
+    backbone, head = _split(name, library, model)
     spec = {"name": name, "library": library, "weights": None, "kwargs": kwargs}
     classifier = BlackBoxClassifier(spec, num_classes, OPTIMIZER_DEFAULTS)
     classifier.net.backbone.load_state_dict(backbone.state_dict())
