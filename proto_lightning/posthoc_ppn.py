@@ -37,9 +37,11 @@ from proto_lightning.data.loaders import (
 from proto_lightning.errors import ConfigValueError, ProtoLightningError
 from proto_lightning.models.adapters import (
     Preprocessing,
+    PreprocessingMismatchError,
     check_probe,
     declared_preprocessing,
     model_device,
+    require_preprocessing,
     split_classifier,
 )
 from proto_lightning.models.blackbox_net import BlackBoxNet
@@ -55,24 +57,6 @@ log = logging.getLogger(__name__)
 
 class NotFittedError(ProtoLightningError, RuntimeError):
     """The facade was asked to explain before `fit` (or `load`) gave it prototypes."""
-
-
-class PreprocessingMismatchError(ConfigValueError):
-    """The data's image size, mean or std disagree with what the model declares it was trained with."""
-
-
-def require_preprocessing(declared: Preprocessing | None, given: Preprocessing, where: str) -> None:
-    """Refuse data preprocessing that disagrees with the model's declared one, naming both values."""
-    if declared is None:
-        return
-    differ = declared.disagreements(given)
-    if differ:
-        raise PreprocessingMismatchError(
-            f"the model declares other preprocessing than {where}: "
-            + "; ".join(f"model {d.replace(' against ', ', data ')}" for d in differ)
-            + ". Give the data the model's values, or turn the check off "
-            "(check_preprocessing=False; CLI: check_preprocessing=false) if it was trained otherwise"
-        )
 
 
 class PostHocPPN(nn.Module):

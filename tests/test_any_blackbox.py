@@ -271,3 +271,30 @@ def test_decompose_says_which_black_box_settings_are_missing(
 ):
     with pytest.raises(ConfigValueError, match=message):
         run_decompose(stage_cfg("decompose", parts_root, tmp_path, *overrides))
+
+
+def test_decompose_refuses_data_of_another_size_than_a_vits_before_the_feature_pass(
+    parts_root, tmp_path, monkeypatch
+):
+    """A ViT saved at 32 px on 48 px data: refused naming both sizes, before any image is read."""
+    name, kwargs, _, _ = TIMM_MODELS["vit-avg"]
+    torch.save(user_model(name, kwargs).state_dict(), tmp_path / "vit.pt")
+    vit_kwargs = "{global_pool: avg, img_size: 32, depth: 2}"
+    cfg = stage_cfg(
+        "decompose",
+        parts_root,
+        tmp_path / "dec",
+        f"blackbox={name}",
+        f"blackbox_weights={tmp_path / 'vit.pt'}",
+        f"blackbox_kwargs={vit_kwargs}",
+        "data.mean=[0.5,0.5,0.5]",
+        "data.std=[0.5,0.5,0.5]",
+    )
+
+    def spy(*args, **kwargs):
+        raise AssertionError("the feature pass ran before the check")
+
+    monkeypatch.setattr("proto_lightning.stages.decompose.collect_features", spy)
+    with pytest.raises(ConfigValueError, match=r"image_size 32, data 48.*check_preprocessing"):
+        run_decompose(cfg)
+    assert not (tmp_path / "dec" / "blackbox.ckpt").exists()

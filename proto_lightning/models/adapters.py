@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from proto_lightning.errors import ConfigValueError
 from proto_lightning.models.backbones import FeatureBackbone
 from proto_lightning.models.timm_backbones import (
     PROBE_TOLERANCE,
@@ -344,3 +345,21 @@ def declared_preprocessing(model: nn.Module) -> Preprocessing | None:
     fixed = patch_embed is not None and getattr(patch_embed, "strict_img_size", False)
     size = probe_size(model)[0] if fixed else None
     return Preprocessing(size, tuple(cfg["mean"]), tuple(cfg["std"]))
+
+
+class PreprocessingMismatchError(ConfigValueError):
+    """The data's image size, mean or std disagree with what the model declares it was trained with."""
+
+
+def require_preprocessing(declared: Preprocessing | None, given: Preprocessing, where: str) -> None:
+    """Refuse data preprocessing that disagrees with the model's declared one, naming both values."""
+    if declared is None:
+        return
+    differ = declared.disagreements(given)
+    if differ:
+        raise PreprocessingMismatchError(
+            f"the model declares other preprocessing than {where}: "
+            + "; ".join(f"model {d.replace(' against ', ', data ')}" for d in differ)
+            + ". Give the data the model's values, or turn the check off "
+            "(check_preprocessing=False; CLI: check_preprocessing=false) if it was trained otherwise"
+        )

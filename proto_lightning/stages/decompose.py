@@ -18,6 +18,11 @@ from proto_lightning.config import resolved_container
 from proto_lightning.distributed import barrier, contiguous_share, gather_objects, launch
 from proto_lightning.errors import ConfigValueError, DatasetLayoutError, IncompatibleWeightsError
 from proto_lightning.models import BlackBoxClassifier, BlackBoxNet
+from proto_lightning.models.adapters import (
+    Preprocessing,
+    declared_preprocessing,
+    require_preprocessing,
+)
 from proto_lightning.models.files import require_class_count
 from proto_lightning.models.imported import import_classifier, save_as_checkpoint
 from proto_lightning.models.kmex import KMExNetwork
@@ -168,6 +173,11 @@ def import_blackbox(cfg: DictConfig, num_classes: int, run_dir: Path) -> BlackBo
     classifier = import_classifier(
         cfg.blackbox, cfg.blackbox_weights, num_classes, cfg.get("blackbox_kwargs")
     )
+    if cfg.get("check_preprocessing", True):
+        body = classifier.net.backbone.body
+        data = Preprocessing(cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std))
+        where = "the data config (data.image_size, data.mean, data.std)"
+        require_preprocessing(declared_preprocessing(getattr(body, "model", body)), data, where)
     checkpoint = save_as_checkpoint(classifier, run_dir / "blackbox.ckpt", cfg.blackbox_weights)
     with open_dict(cfg):
         cfg.blackbox_ckpt = str(checkpoint)
