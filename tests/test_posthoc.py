@@ -49,7 +49,7 @@ def test_exact_on_every_test_image(decomposed, parts_root: Path):
     assert result.metrics["test/relative_head_error"] < 1e-6
 
 
-def test_artifact_is_complete_and_prototypes_are_projected(decomposed):
+def test_artifact_is_complete_and_prototypes_are_projected(decomposed, parts_root: Path):
     _, result = decomposed
     model = PostHocPrototypeNetwork.load(result.artifacts["artifact"])
     C, k, _ = model.prototypes.shape
@@ -67,6 +67,12 @@ def test_artifact_is_complete_and_prototypes_are_projected(decomposed):
     assert torch.allclose(model.prototypes.double().sum(1), V, atol=1e-5)  # the recorded black box
     assert_drawn(result.run_dir / "gallery" / "prototypes.png")
     assert_drawn(result.run_dir / "gallery" / "heatmaps.png")
+    # the nearest patch names its image file: the row's own file in the dataset's index
+    paths = (Path(line.split()[1]) for line in (parts_root / "images.txt").read_text().splitlines())
+    files = [parts_root / "images" / p for p in paths]
+    for q in range(Q):
+        record = model.nearest_patch(q // k, q % k)
+        assert Path(record["path"]) == files[record["row"]]
 
 
 def test_load_in_a_fresh_process_gives_identical_logits(decomposed, tmp_path: Path):

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from proto_lightning.callbacks.faithfulness import METRICS as FAITHFULNESS_METRICS
 from proto_lightning.config import resolved_container
+from proto_lightning.data.loaders import image_path
 from proto_lightning.distributed import barrier, contiguous_share, gather_objects, launch
 from proto_lightning.errors import ConfigValueError, DatasetLayoutError, IncompatibleWeightsError
 from proto_lightning.models import BlackBoxClassifier, BlackBoxNet
@@ -325,8 +326,15 @@ def build_network(
         "std": datamodule.std,
     }
     records = datamodule.records
+    paths = [image_path(datamodule.push_set, int(row)) for row in projection.rows]
     extras = network_extras(
-        decomposition, boxes, map_size, preprocessing, records.class_names, records.part_names
+        decomposition,
+        boxes,
+        map_size,
+        preprocessing,
+        records.class_names,
+        records.part_names,
+        nearest_paths=paths,
     )
     bias = net.head.bias.detach().cpu()
     return PostHocPrototypeNetwork(net.cpu(), decomposition.prototypes, bias, projection, extras)
