@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
-import logging
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,6 +19,13 @@ from omegaconf import DictConfig, open_dict
 
 from proto_lightning.config import CONF_DIR, validate_overrides
 from proto_lightning.errors import ConfigKeyError, ProtoLightningError
+from proto_lightning.run_status import (
+    configure_logging,
+    mark_failed,
+    mark_finished,
+    quiet_libraries,
+)
+from proto_lightning.settings import did_you_mean
 
 if TYPE_CHECKING:  # the stages (torch, Lightning) load only when one runs: help and --cfg are quick
     from proto_lightning.stages.common import StageResult
@@ -48,7 +57,11 @@ STAGES = {
         "quick-start: every stage on the generated part dataset",
     ),
 }
-TOOLS = {"make-dataset": "write the generated part dataset in the CUB-200-2011 layout"}
+STAGES_WITH_CHECKS = ("decompose",)  # stage modules with a `check_config(cfg)` (they load torch)
+TOOLS = {
+    "make-dataset": "write the generated part dataset in the CUB-200-2011 layout",
+    "runs": "list run folders (default runs/) as finished, failed (with the error) or unfinished",
+}
 
 USAGE = """usage: proto-lightning <stage> [key=value ...] [-m] [--cfg job] [--help]
 
@@ -77,7 +90,7 @@ def usage() -> str:
     return USAGE.format(stages=stages, tools=tools)
 
 
-def _make_dataset(argv: Sequence[str]) -> int:
+def _make_dataset(argv: Sequence[str]) -> Path:
     from proto_lightning.data.generate import make_dataset
 
     parser = argparse.ArgumentParser(
@@ -105,7 +118,7 @@ def _make_dataset(argv: Sequence[str]) -> int:
         overwrite=args.overwrite,
     )
     print(f"wrote the generated part dataset to {out}")
-    return 0
+    return out
 
 
 HYDRA_VALUE_FLAGS = {
@@ -157,12 +170,21 @@ def sweep_objective(cfg: DictConfig, result: StageResult) -> float | None:
     return float(result.metrics[cfg.objective])
 
 
-def check_objective(stage: str, cfg: DictConfig) -> None:
+def preflight(stage: str, cfg: DictConfig) -> None:
+    """Checks of the composed config before any run folder exists: the stage's own
+    (`check_config(cfg)` in its module: settings, named files) and the sweep objective."""
+    if cfg.get("objective") is None and stage not in STAGES_WITH_CHECKS:
+        return
+    module = importlib.import_module(STAGES[stage][0].split(":")[0])
+    check_objective(stage, cfg, module)
+    getattr(module, "check_config", lambda cfg: None)(cfg)
+
+
+def check_objective(stage: str, cfg: DictConfig, module) -> None:
     """Refuse `objective=` naming no metric the stage reports, before any work (stages that declare
     theirs: `reported_metrics(cfg)` in the stage's module)."""
     if cfg.get("objective") is None:
         return
-    module = importlib.import_module(STAGES[stage][0].split(":")[0])
     reported = getattr(module, "reported_metrics", None)
     if reported is not None and cfg.objective not in (known := reported(cfg)):
         raise ConfigKeyError(
@@ -171,7 +193,31 @@ def check_objective(stage: str, cfg: DictConfig) -> None:
         )
 
 
-def _run_stage(stage: str, overrides: list[str]) -> int:
+def user_error(err: BaseException) -> bool:
+    """Whether `err` is a mistake of the user's (a bad setting, file or folder, a full disk), which the
+    console reports in one line, rather than a defect of ours (a traceback)."""
+    return isinstance(err, ProtoLightningError | FileNotFoundError | PermissionError) or (
+        isinstance(err, OSError) and err.errno == errno.ENOSPC
+    )
+
+
+def one_line(err: BaseException) -> str:
+    """The error as the console prints it: one line."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return f"no space left on the device writing {err.filename or 'the run'}: free space or point paths.runs elsewhere"
+    return " ".join(str(err).split())
+
+
+def show_traceback(overrides: Sequence[str]) -> bool:
+    """`HYDRA_FULL_ERROR=1` or a `debug=` group: errors keep their traceback."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" or any(
+        o.startswith(("debug=", "+debug=")) for o in overrides
+    )
+
+
+def _run_stage(stage: str, overrides: list[str]) -> StageResult | list[StageResult] | None:
+    """Run a stage through Hydra; return its result (a list for a multirun), or raise the first
+    user error of a point after the run, with the run folder marked as failed."""
     module, function = STAGES[stage][0].split(":")
     hydra_flags = {  # flags that print instead of running; a multirun is checked at its first point
         "--cfg",
@@ -183,50 +229,124 @@ def _run_stage(stage: str, overrides: list[str]) -> int:
         "-i",
     }
     if not hydra_flags & set(overrides):
-        check_objective(stage, validate_overrides(stage, split_hydra_flags(overrides)[1]))
+        preflight(stage, validate_overrides(stage, split_hydra_flags(overrides)[1]))
+    results: list[StageResult] = []
+    errors: list[BaseException] = []
+    traceback = show_traceback(overrides)
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=stage)
     def _main(cfg: DictConfig) -> float | None:
         from lightning.pytorch.utilities import rank_zero_only
 
+        started = time.time()
         task = getattr(importlib.import_module(module), function)
+        quiet_libraries()
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode == RunMode.MULTIRUN and cfg.group == cfg.stage:
             with open_dict(cfg):  # one W&B group per sweep, so the dashboard compares its runs
                 cfg.group = f"{cfg.stage}-sweep-{Path(hydra_cfg.sweep.dir).name}"
-        result = task(cfg)
+        try:
+            result = task(cfg)
+        except Exception as err:
+            mark_failed(Path(cfg.run_dir), one_line(err), started)
+            if traceback or not user_error(err):
+                raise
+            errors.append(err)
+            return None
+        mark_finished(result)
         rank_zero_only(print)(result.summary())
+        results.append(result)
         return sweep_objective(cfg, result)
 
     # Keep the stage in argv as a plain override so that Lightning's DDP launcher, which re-runs
     # this command line in each child process, re-enters the same stage; last, so that Hydra's
-    # flags (-m, --cfg) still come before the overrides.
+    # flags (-m, --cfg) still come before the overrides. The caller's argv comes back after.
     flags, plain = split_hydra_flags(overrides)
+    saved_argv = sys.argv
     sys.argv = [sys.argv[0], *flags, *plain, f"stage={stage}"]
-    _main()
-    return 0
+    try:
+        _main()
+    finally:
+        sys.argv = saved_argv
+    if errors:
+        raise errors[0]
+    return results[0] if len(results) == 1 else (results or None)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def _list_runs(argv: Sequence[str]) -> list:
+    from proto_lightning.run_status import run_statuses
+
+    parser = argparse.ArgumentParser(prog="proto-lightning runs", description=TOOLS["runs"])
+    parser.add_argument("root", nargs="?", default="runs")
+    statuses = run_statuses(Path(parser.parse_args(argv).root))
+    for run in statuses:
+        print(f"{run.status:<10} {run.folder}" + (f"  {run.detail}" if run.detail else ""))
+    return statuses
+
+
+def _dispatch(head: str, rest: list[str]) -> Any:
+    if head == "make-dataset":
+        return _make_dataset(rest)
+    return _list_runs(rest) if head == "runs" else _run_stage(head, rest)
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    """Run a stage or tool from Python: `main(["decompose", "blackbox_ckpt=bb.ckpt"])`.
+
+    Returns the stage's `StageResult` (run folder, artifact paths, metrics; a list for a multirun,
+    the folder for make-dataset) and raises the typed error (`ProtoLightningError` and its kinds)
+    instead of exiting; `sys.argv` is left as it was. With no `argv` it is the console script
+    (`console_main`): the command line in, an exit code out.
+
+    Example:
+        >>> result = main(["decompose", "blackbox_ckpt=bb.ckpt"])  # doctest: +SKIP
+        >>> result.artifacts["artifact"], result.metrics["test/agreement"]  # doctest: +SKIP
+    """
+    if argv is None:
+        return console_main()
+    configure_logging()
+    argv = list(argv)
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(usage())
-        return 0
+        return None
+    return _dispatch(*_stage_and_rest(argv))
+
+
+def _stage_and_rest(argv: list[str]) -> tuple[str, list[str]]:
+    """(stage or tool, its arguments); an unknown one raises `ConfigKeyError` with the closest."""
     head, rest = argv[0], argv[1:]
     relaunch = [a for a in argv if a.startswith("stage=")]
     if head not in STAGES and head not in TOOLS and relaunch:  # a DDP child re-running our line
         head = relaunch[0].split("=", 1)[1]
         rest = [a for a in argv if a != relaunch[0]]
     if head not in STAGES and head not in TOOLS:
-        print(f"unknown stage {head!r}\n\n{usage()}", file=sys.stderr)
+        known = [*STAGES, *TOOLS]
+        raise ConfigKeyError(f"unknown stage {head!r}.{did_you_mean(head, known)}")
+    return head, rest
+
+
+def console_main(argv: Sequence[str] | None = None) -> int:
+    """The console script: exit code 0 on success; a user's mistake is one line `error: ...` on
+    stderr and exit code 1 (2 for an unknown stage), its traceback kept with HYDRA_FULL_ERROR=1 or
+    debug=...; a defect of ours keeps its traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    configure_logging()
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(usage())
+        return 0
+    try:
+        head, rest = _stage_and_rest(argv)
+    except ConfigKeyError as err:
+        print(f"{err}\n\n{usage()}", file=sys.stderr)
         return 2
     try:
-        return _make_dataset(rest) if head in TOOLS else _run_stage(head, rest)
-    except ProtoLightningError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _dispatch(head, rest)
+    except Exception as err:
+        if not user_error(err) or show_traceback(rest):
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,12 +89,55 @@ def validate_overrides(config_name: str, overrides: Sequence[str]) -> DictConfig
     point): unknown keys (with the closest ones), unknown group options (with the existing ones),
     values of the wrong type, loggers whose optional package is missing, and launcher settings that
     cannot be resolved (e.g. SLURM with `trainer.devices=auto`) each get a one-line error."""
+    _check_optional_groups(overrides)
     overrides = first_point(overrides)
     config = _compose_known(config_name, overrides)
     _check_value_types(config_name, overrides, config)
     _check_optional_packages(config)
     _check_launcher(config)
     return config
+
+
+# groups listed as `optional` in conf/common.yaml: Hydra skips a missing option of them silently
+OPTIONAL_GROUPS = ("experiment", "experiment_model")
+
+
+def _check_optional_groups(overrides: Sequence[str]) -> None:
+    """Refuse an option of an optional group that does not exist (a typo would run the defaults)."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    for override in parsed:
+        group = override.get_key_element().lstrip("+~")
+        if group not in OPTIONAL_GROUPS or override.value() is None:
+            continue
+        options = sorted(p.stem for p in (_conf_dir() / group).glob("*.yaml"))
+        values = (
+            list(override.sweep_string_iterator())
+            if override.is_sweep_override()
+            else [str(override.value())]
+        )
+        for value in values:  # every point of a sweep, not only the first
+            if value not in options:
+                raise ConfigKeyError(
+                    f"unknown {group} {value!r}.{did_you_mean(value, options)} "
+                    f"{group.capitalize()}s (conf/{group}/): {', '.join(options)}"
+                )
+
+
+def _unknown_option(message: str) -> str:
+    """Hydra's "Could not find 'group/option' ... Available options in 'group': a b c" as one line
+    with the closest options; any other composition message as it is, on one line."""
+    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", message)
+    available = re.search(
+        r"Available options in '[^']+':\s*(.*?)(?:\s*Config search path|$)", message, re.S
+    )
+    if missing is None or available is None:
+        return " ".join(message.split())
+    group, option = missing.groups()
+    options = available.group(1).split()
+    return (
+        f"unknown {group} option {option!r}.{did_you_mean(option, options)} "
+        f"Options (conf/{group}/): {', '.join(options)}"
+    )
 
 
 def _compose_known(config_name: str, overrides: list[str]) -> DictConfig:
@@ -103,7 +147,7 @@ def _compose_known(config_name: str, overrides: list[str]) -> DictConfig:
     except ConfigCompositionException as err:
         bad = _unknown_key(err)
         if bad is None:  # e.g. model/backbone=resnet5: Hydra's own message lists the options
-            raise ConfigKeyError(f"{str(err).strip()}") from None
+            raise ConfigKeyError(_unknown_option(str(err))) from None
         parsed = OverridesParser.create().parse_overrides(list(overrides))
         known_good = [o.input_line for o in parsed if o.get_key_element() != bad]
         try:

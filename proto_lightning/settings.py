@@ -9,7 +9,7 @@ import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from proto_lightning.errors import ConfigKeyError
+from proto_lightning.errors import ConfigKeyError, ConfigValueError
 
 
 def did_you_mean(bad: str, keys: Sequence[str]) -> str:
@@ -32,3 +32,12 @@ def checked_settings(
             f"unknown key(s) {unknown} in {where}; known: {sorted(defaults)}.{hint}"
         )
     return {**defaults, **given}
+
+
+def require_choice(value: Any, choices: Sequence[str], key: str) -> None:
+    """Refuse a setting outside its choices, naming the key, the choices and the closest one."""
+    if value not in choices:
+        raise ConfigValueError(
+            f"{key}={value!r} is not one of {', '.join(map(str, choices))}."
+            + did_you_mean(str(value), list(choices))
+        )

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, open_dict
 
 from proto_lightning.config import compose_config
 
+VENV_BIN = Path(sys.executable).parent  # where the console script `proto-lightning` is installed
 TINY = {"classes": 4, "per_class": 8, "size": 48, "seed": 0, "train_fraction": 0.5}
 
 # the demo chain at toy sizes: every stage, seconds on CPU

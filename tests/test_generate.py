@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from proto_lightning.cli import main
+from proto_lightning.cli import console_main
 from proto_lightning.data.generate import HEAD_COLOURS, PART_NAMES, make_dataset
 from proto_lightning.errors import DatasetExistsError
 from tests.helpers import TINY
@@ -100,7 +100,7 @@ def test_an_existing_dataset_is_refused_unless_overwrite_then_replaced_whole(tmp
 
 def test_make_dataset_cli_says_how_to_replace(tmp_path, capsys):
     make_dataset(tmp_path / "parts", classes=2, per_class=2, size=32)
-    assert main(["make-dataset", "--out", str(tmp_path / "parts"), "--classes", "2"]) == 1
+    assert console_main(["make-dataset", "--out", str(tmp_path / "parts"), "--classes", "2"]) == 1
     assert "--overwrite" in capsys.readouterr().err
 
 
@@ -108,7 +108,7 @@ def test_make_dataset_cli_says_how_to_replace(tmp_path, capsys):
 def test_a_split_without_train_or_test_images_is_refused_before_writing(tmp_path, capsys, fraction):
     """4 images per class: 0.1 rounds to no train image and 0.95 to no test image."""
     args = ["--out", str(tmp_path / "d"), "--classes", "2", "--per-class", "4", "--size", "32"]
-    assert main(["make-dataset", *args, "--train-fraction", str(fraction)]) == 1
+    assert console_main(["make-dataset", *args, "--train-fraction", str(fraction)]) == 1
     assert "at least one train and one test image" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 

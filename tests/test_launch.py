@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from proto_lightning.cli import main
+from proto_lightning.cli import console_main
 from proto_lightning.config import validate_overrides
 from proto_lightning.errors import ConfigKeyError
 from proto_lightning.models.protopnet_schedule import ProtoPNetSchedule
@@ -129,7 +129,7 @@ def test_torchrun_ranks_started_a_second_apart_share_one_run_folder(
 def test_slurm_launcher_refuses_devices_auto_before_submitting(capsys):
     with pytest.raises(ConfigKeyError, match="set trainer.devices=<GPUs per node>"):
         validate_overrides("blackbox", ["hydra/launcher=slurm", "trainer=ddp"])
-    assert main(["blackbox", "-m", "hydra/launcher=slurm", "trainer=ddp"]) == 1
+    assert console_main(["blackbox", "-m", "hydra/launcher=slurm", "trainer=ddp"]) == 1
     assert "trainer.devices" in capsys.readouterr().err
     cfg = validate_overrides(
         "blackbox", ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4"]

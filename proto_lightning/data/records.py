@@ -142,6 +142,11 @@ def read_cub_layout(root: str | Path, need_boxes: bool = False) -> ImageRecords:
     return ImageRecords(paths, ids, labels, is_train, boxes, keypoints, class_names, part_names)
 
 
+def class_folders(folder: Path) -> list[str]:
+    """The class folder names in `folder`, sorted; hidden ones (`.ipynb_checkpoints`, `.git`) are no class."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def read_image_folders(root: str | Path) -> ImageRecords:
     """Read `<root>/train/<class>/*` and `<root>/test/<class>/*` (Stanford Cars/Dogs prepared so)."""
     root = Path(root)
@@ -152,8 +157,7 @@ def read_image_folders(root: str | Path) -> ImageRecords:
                 f"missing {folder}: an image-folder dataset needs {root}/train/<class>/<image> "
                 f"and {root}/test/<class>/<image>, with the same class folder names in both"
             )
-    class_names = sorted(p.name for p in splits["train"].iterdir() if p.is_dir())
-    test_classes = sorted(p.name for p in splits["test"].iterdir() if p.is_dir())
+    class_names, test_classes = (class_folders(splits[name]) for name in ("train", "test"))
     if not class_names or set(test_classes) - set(class_names):
         raise DatasetLayoutError(
             f"class folders of {splits['test']} ({test_classes[:5]}...) must be a non-empty subset "

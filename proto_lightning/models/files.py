@@ -140,18 +140,36 @@ def checkpoint_hyperparameters(
     return {**params, "backbone": {**params["backbone"], "weights": None}}
 
 
-def require_class_count(what: str, path: str | Path, found: int, expected: int, stage: str) -> None:
-    """Refuse a model file that predicts another number of classes than the data has."""
+def require_class_count(
+    what: str,
+    path: str | Path,
+    found: int,
+    expected: int,
+    stage: str,
+    class_names: Sequence[str] | None = None,
+) -> None:
+    """Refuse a model file that predicts another number of classes than the data has (naming the
+    data's classes, e.g. a stray folder that became one)."""
     if found != expected:
+        names = list(class_names or [])
+        listed = f" ({', '.join(names[:12])}{' ...' if len(names) > 12 else ''})" if names else ""
         raise IncompatibleWeightsError(
-            f"{what} {path} predicts {found} classes but the data has {expected}: it was made on "
-            f"another dataset; {stage} it on the data it was trained on"
+            f"{what} {path} predicts {found} classes but the data has {expected}{listed}: it was "
+            f"made on another dataset; {stage} it on the data it was trained on"
         )
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a `torch.save` file (read as data) or a .safetensors file; a `state_dict`
-    entry is unwrapped and DDP's `module.` prefix dropped."""
+# where training loops keep the model's weights in a checkpoint dict (PyTorch's tutorial, Lightning)
+STATE_DICT_ENTRIES = ("state_dict", "model_state_dict", "model")
+
+
+def read_state_dict(path: Path, trust_file: bool = False) -> dict[str, torch.Tensor]:
+    """A state dict from a `torch.save` file (read as data) or a .safetensors file.
+
+    A training loop's checkpoint dict is unwrapped (its `state_dict`, `model_state_dict` or `model`
+    entry) and DDP's `module.` prefix dropped. A black-box checkpoint of this project is refused
+    with the key that takes it; a whole pickled model with how to save its state dict.
+    """
     if Path(path).suffix == ".safetensors":
         if not Path(path).is_file():
             raise FileNotFoundError(f"weight file {path} does not exist")
@@ -162,11 +180,26 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         except Exception as err:
             raise IncompatibleWeightsError(f"cannot read weight file {path}: {err}") from err
     else:
-        state = read_torch_file(path, "weight file")
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        state = read_torch_file(path, "weight file", trust_file=trust_file)
+    if isinstance(state, nn.Module):
         raise IncompatibleWeightsError(
-            f"{path} holds a {type(state).__name__} that is not a state dict (names -> tensors)"
+            f"{path} holds a whole pickled {type(state).__name__}, not its weights: save them with "
+            "torch.save(model.state_dict(), path) and name that file"
+        )
+    if file_kind(state) == "black-box checkpoint":
+        raise IncompatibleWeightsError(
+            f"{path} is a black-box checkpoint of `proto-lightning blackbox`: give it as "
+            "blackbox_ckpt=<file> (without blackbox= and blackbox_weights=)"
+        )
+    if isinstance(state, dict):
+        entry = next((k for k in STATE_DICT_ENTRIES if isinstance(state.get(k), dict)), None)
+        state = state[entry] if entry is not None else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        found = sorted(map(str, state))[:8] if isinstance(state, dict) else type(state).__name__
+        raise IncompatibleWeightsError(
+            f"{path} is not a state dict (names -> tensors); it holds {found}. Save the model's "
+            "weights with torch.save(model.state_dict(), path), or keep them under one of "
+            f"{list(STATE_DICT_ENTRIES)}"
         )
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
@@ -185,19 +218,30 @@ def load_state_dict_checked(
     state: dict[str, torch.Tensor],
     path: Path,
     ignore_prefixes: tuple[str, ...] = (),
+    settings: str = "model/backbone",
 ) -> None:
-    """Load `state` (from file `path`) into `module`, refusing, with the keys named, what does not fit."""
+    """Load `state` (from file `path`) into `module`, refusing, with the keys and shapes named, what
+    does not fit; `settings` names where the user picks the architecture on this path."""
     state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
     own = {k: v for k, v in module.state_dict().items() if not k.startswith(ignore_prefixes)}
     missing = sorted(own.keys() - state.keys())
     unexpected = sorted(state.keys() - own.keys())
     wrong_shape = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
     if missing or unexpected or wrong_shape:
+        shapes = [
+            f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}" for k in wrong_shape
+        ]
+        hint = (
+            f"The model was saved at another image size: set img_size in {settings} to the size "
+            "it was trained at (and data.image_size to match)."
+            if any("pos_embed" in k for k in wrong_shape)
+            else f"Is it a checkpoint of another architecture? Pick the matching {settings}."
+        )
         raise IncompatibleWeightsError(
             f"weights in {path} do not fit {type(module).__name__}: "
             f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-            f"(e.g. {unexpected[:3]}), {len(wrong_shape)} of another shape (e.g. {wrong_shape[:3]}). "
-            "Is it a checkpoint of another architecture? Pick the matching model/backbone."
+            f"(e.g. {unexpected[:3]}), {len(wrong_shape)} of another shape "
+            f"({'; '.join(shapes[:3]) or 'none'}). {hint}"
         )
     module.load_state_dict(state, strict=False)
     log.info("loaded %d tensors from %s", len(state), path)

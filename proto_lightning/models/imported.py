@@ -21,11 +21,16 @@ import torchvision
 from torch import nn
 
 from proto_lightning.atomic import atomic_torch_save
-from proto_lightning.errors import ConfigValueError, IncompatibleWeightsError
+from proto_lightning.errors import ConfigValueError
 from proto_lightning.models.adapters import check_probe, split_classifier
 from proto_lightning.models.backbones import FeatureBackbone, torchvision_classifier_names
 from proto_lightning.models.blackbox import OPTIMIZER_DEFAULTS, BlackBoxClassifier
-from proto_lightning.models.files import load_state_dict_checked, plain_data, read_state_dict
+from proto_lightning.models.files import (
+    load_state_dict_checked,
+    plain_data,
+    read_state_dict,
+    require_class_count,
+)
 from proto_lightning.models.timm_backbones import (
     create_timm_model,
     probe_size,
@@ -98,20 +103,34 @@ def _split(name: str, library: str, model: nn.Module) -> tuple[FeatureBackbone, 
 
 
 def import_classifier(
-    name: str, weights: str | Path, num_classes: int, kwargs: dict[str, Any] | None = None
+    name: str,
+    weights: str | Path,
+    num_classes: int,
+    kwargs: dict[str, Any] | None = None,
+    trust_file: bool = False,
+    class_names: list[str] | None = None,
 ) -> BlackBoxClassifier:
-    """The classifier `name` with the user's state dict `weights`, as our black box (head = its classifier)."""
+    """The classifier `name` with the user's state dict `weights`, as our black box (head = its classifier).
+
+    `trust_file` unpickles any object in `weights` (only for a file the user made); `class_names`
+    (the data's) are named when the file's head predicts another number of classes.
+    """
     kwargs = timm_model_kwargs(kwargs)
-    state = read_state_dict(Path(weights))
+    state = read_state_dict(Path(weights), trust_file)
     model, library = classifier_model(name, state, num_classes, kwargs)
     head = split_classifier(model, name=name).head  # refuses an MLP or class-token head first
     key = _head_key(model, head)
     if key in state and state[key].shape[0] != num_classes:
-        raise IncompatibleWeightsError(
-            f"the classifier in {weights} ({key}) predicts {state[key].shape[0]} classes but the "
-            f"data has {num_classes}: decompose it on the data it was trained on"
+        require_class_count(
+            f"the classifier ({key}) in",
+            weights,
+            state[key].shape[0],
+            num_classes,
+            "decompose",
+            class_names,
         )
-    load_state_dict_checked(model, state, Path(weights))
+    settings = f"blackbox={name} (and blackbox_kwargs)"
+    load_state_dict_checked(model, state, Path(weights), settings=settings)
     check_probe(model.eval(), split_classifier(model, name=name), probe_size(model))
     backbone, head = _split(name, library, model)
     spec = {"name": name, "library": library, "weights": None, "kwargs": kwargs}

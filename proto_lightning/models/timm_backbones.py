@@ -102,7 +102,8 @@ def refuse_token_heads(model: nn.Module, name: str) -> None:
         raise NotDecomposableError(
             f"timm model {name!r} cannot be decomposed exactly: {reason}, so its logits are not "
             "V . mean_hw(f) + b. Create it with average-pooled patch tokens "
-            "(model.backbone.kwargs={global_pool: avg}) and train or fine-tune that head."
+            "(global_pool: avg, in blackbox_kwargs for `decompose blackbox=`, in "
+            "model.backbone.kwargs for a backbone you train) and train or fine-tune that head."
         )
 
 

@@ -44,8 +44,10 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
+from proto_lightning.errors import ConfigValueError
 from proto_lightning.prototypes.features import FeatureStore
-from proto_lightning.prototypes.nmf import factorise
+from proto_lightning.prototypes.nmf import METHODS, factorise
+from proto_lightning.settings import require_choice
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +192,13 @@ class NMFSettings:
     tol: float = 1e-4
     classes_per_batch: int = 16
 
+    def __post_init__(self) -> None:
+        require_choice(self.method, METHODS, "model.nmf.method")
+        if self.classes_per_batch < 1:
+            raise ConfigValueError(
+                f"model.nmf.classes_per_batch must be >= 1, got {self.classes_per_batch}"
+            )
+
 
 @dataclass(frozen=True)
 class RefinementSettings:
@@ -203,14 +212,8 @@ class RefinementSettings:
     tol: float = 1e-8
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(
-                f"refinement objective must be one of {OBJECTIVES}, got {self.objective!r}"
-            )
-        if self.constraint not in CONSTRAINTS:
-            raise ValueError(
-                f"refinement constraint must be one of {CONSTRAINTS}, got {self.constraint!r}"
-            )
+        require_choice(self.objective, OBJECTIVES, "model.refinement.objective")
+        require_choice(self.constraint, CONSTRAINTS, "model.refinement.constraint")
 
 
 def full_beta(free: np.ndarray, constraint: str) -> np.ndarray:

@@ -24,6 +24,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from proto_lightning.errors import ConfigValueError
+from proto_lightning.settings import require_choice
+
 if TYPE_CHECKING:
     import faiss
 
@@ -46,6 +49,7 @@ def load_faiss():  # noqa: ANN201 (the faiss module)
 
 
 METRICS = ("l2", "ip")
+DEVICES = ("auto", "cpu", "cuda")
 # boxes a network may keep per prototype (extras "<name>es", (Q, 4) arrays in input pixels)
 BOX_NAMES = ("rf_box", "high_activation_box")
 
@@ -60,6 +64,15 @@ class ProjectionSettings:
     class_restricted: bool = True
     device: str = "auto"
     high_activation_percentile: float = 95.0
+
+    def __post_init__(self) -> None:
+        require_choice(self.metric, METRICS, "model.projection.metric")
+        require_choice(self.device, DEVICES, "model.projection.device")
+        if not 0 <= self.high_activation_percentile <= 100:
+            raise ConfigValueError(
+                "model.projection.high_activation_percentile must be within 0..100, got "
+                f"{self.high_activation_percentile}"
+            )
 
 
 @dataclass

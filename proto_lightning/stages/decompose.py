@@ -17,7 +17,12 @@ from proto_lightning.callbacks.faithfulness import METRICS as FAITHFULNESS_METRI
 from proto_lightning.config import resolved_container
 from proto_lightning.data.loaders import image_path
 from proto_lightning.distributed import barrier, contiguous_share, gather_objects, launch
-from proto_lightning.errors import ConfigValueError, DatasetLayoutError, IncompatibleWeightsError
+from proto_lightning.errors import (
+    ConfigValueError,
+    DatasetLayoutError,
+    IncompatibleWeightsError,
+    MissingArtifactError,
+)
 from proto_lightning.models import BlackBoxClassifier, BlackBoxNet
 from proto_lightning.models.adapters import (
     Preprocessing,
@@ -38,7 +43,12 @@ from proto_lightning.prototypes.decomposition import (
 )
 from proto_lightning.prototypes.features import FeatureStore, collect_features
 from proto_lightning.prototypes.kmeans import KMeansSettings, class_centres, image_embeddings
-from proto_lightning.prototypes.projection import Projection, all_reduce_nearest, project_prototypes
+from proto_lightning.prototypes.projection import (
+    Projection,
+    ProjectionSettings,
+    all_reduce_nearest,
+    project_prototypes,
+)
 from proto_lightning.stages.common import (
     StageResult,
     build_trainer,
@@ -153,7 +163,9 @@ def require_push_images(datamodule) -> None:
         )
 
 
-def import_blackbox(cfg: DictConfig, num_classes: int, run_dir: Path) -> BlackBoxNet | None:
+def import_blackbox(
+    cfg: DictConfig, num_classes: int, run_dir: Path, class_names: list[str]
+) -> BlackBoxNet | None:
     """With `blackbox=<name> blackbox_weights=<file>`: the user's classifier (frozen), also written as
     the black-box checkpoint `<run>/blackbox.ckpt`, which becomes `cfg.blackbox_ckpt`; else None."""
     if cfg.get("blackbox") is None:
@@ -172,7 +184,12 @@ def import_blackbox(cfg: DictConfig, num_classes: int, run_dir: Path) -> BlackBo
             "initialised classifier has nothing to explain"
         )
     classifier = import_classifier(
-        cfg.blackbox, cfg.blackbox_weights, num_classes, cfg.get("blackbox_kwargs")
+        cfg.blackbox,
+        cfg.blackbox_weights,
+        num_classes,
+        cfg.get("blackbox_kwargs"),
+        cfg.trust_file,
+        class_names,
     )
     if cfg.get("check_preprocessing", True):
         body = classifier.net.backbone.body
@@ -185,11 +202,13 @@ def import_blackbox(cfg: DictConfig, num_classes: int, run_dir: Path) -> BlackBo
     return classifier.net.eval().requires_grad_(False)
 
 
-def load_blackbox(cfg: DictConfig, num_classes: int) -> BlackBoxNet:
+def load_blackbox(cfg: DictConfig, num_classes: int, class_names: list[str]) -> BlackBoxNet:
     """The frozen black box of `cfg.blackbox_ckpt`, refused when its classes or backbone do not fit."""
     blackbox = BlackBoxClassifier.load_checkpoint(cfg.blackbox_ckpt, trust_file=cfg.trust_file)
     found = blackbox.hparams.num_classes
-    require_class_count("black box", cfg.blackbox_ckpt, found, num_classes, "decompose")
+    require_class_count(
+        "black box", cfg.blackbox_ckpt, found, num_classes, "decompose", class_names
+    )
     expected = cfg.model.get("backbone")
     if expected is not None and expected.name != blackbox.net.backbone.name:
         raise IncompatibleWeightsError(
@@ -224,19 +243,44 @@ def collect(
     )
 
 
+@dataclass(frozen=True)
+class DecomposeSettings:
+    """The steps' settings from `cfg.model`, checked (each typo named) before any work."""
+
+    nmf: NMFSettings
+    refinement: RefinementSettings
+    projection: ProjectionSettings
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> DecomposeSettings:
+        """Check and build them; also refuse a named file that does not exist."""
+        for key in ("blackbox_ckpt", "blackbox_weights"):
+            if cfg.get(key) is not None and not Path(cfg[key]).is_file():
+                raise MissingArtifactError(f"{key}={cfg[key]}: no such file")
+        return cls(
+            NMFSettings(**cfg.model.nmf),
+            RefinementSettings(**cfg.model.refinement),
+            ProjectionSettings(**cfg.model.projection),
+        )
+
+
 def decompose(
-    store: FeatureStore | None, V: torch.Tensor, share: ClassShare, cfg: DictConfig, device
+    store: FeatureStore | None,
+    V: torch.Tensor,
+    share: ClassShare,
+    cfg: DictConfig,
+    settings: DecomposeSettings,
+    device,
 ) -> HeadDecomposition:
     """Every rank's decomposition of its classes, gathered in class order."""
-    settings = cfg.model
     local = None
     if store is not None:
         local = decompose_head(
             store,
             V,
-            settings.prototypes_per_class,
-            NMFSettings(**settings.nmf),
-            RefinementSettings(**settings.refinement),
+            cfg.model.prototypes_per_class,
+            settings.nmf,
+            settings.refinement,
             seed=cfg.seed,
             device=device,
             batches=share.batches,
@@ -399,10 +443,12 @@ def run_decompose(cfg: DictConfig) -> StageResult:
     """Decompose the head of `cfg.blackbox_ckpt` (or of the imported `cfg.blackbox`) into
     `model.prototypes_per_class` prototypes per class: collect -> decompose -> project -> build the
     network and its artifact -> test and log."""
+    settings = DecomposeSettings.of(cfg)
     run_dir, datamodule = start_run(cfg)
-    net = import_blackbox(cfg, datamodule.num_classes, run_dir)
+    class_names = datamodule.records.class_names
+    net = import_blackbox(cfg, datamodule.num_classes, run_dir, class_names)
     if net is None:
-        net = load_blackbox(cfg, datamodule.num_classes)
+        net = load_blackbox(cfg, datamodule.num_classes, class_names)
     fabric = launch(cfg.trainer)
     rank, world = fabric.global_rank, fabric.world_size
     device = fabric.device if world > 1 else stage_device(cfg)
@@ -417,7 +463,7 @@ def run_decompose(cfg: DictConfig) -> StageResult:
             net, datamodule, share, cfg.model.feature_store, run_dir, rank, world, device
         )
     with timed(timings, "nmf+refinement"):
-        decomposition = decompose(store, V, share, cfg, device)
+        decomposition = decompose(store, V, share, cfg, settings, device)
     with timed(timings, "projection"):
         projection, boxes = project(
             store, decomposition, net, datamodule, cfg.model.projection, device
@@ -430,6 +476,11 @@ def run_decompose(cfg: DictConfig) -> StageResult:
     if kmex is not None:
         result.artifacts["kmex"] = kmex
     return test_and_log(cfg, model, decomposition, datamodule, result, timings)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The CLI's check before a run folder exists: every setting and named file (`DecomposeSettings`)."""
+    DecomposeSettings.of(cfg)
 
 
 @contextmanager
