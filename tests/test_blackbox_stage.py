@@ -152,7 +152,7 @@ def test_demo_chains_the_stages(tiny_demo):
     assert_drawn(result.run_dir / "protopnet" / "gallery" / "prototypes.png")  # pushed at the end
     table = (result.run_dir / "evaluate" / "results.md").read_text().splitlines()  # 3 decimals
     rows = [line.split(" | ")[0].lstrip("| ") for line in table if line.startswith("| ")][1:]
-    assert rows == ["black box", "Post-hoc PPN", "ProtoPNet", "KMEx", "Grad-CAM", "LIME"]
+    assert rows == ["black box", "Post-hoc PPN", "ProtoPNet", "KMEx", "Grad-CAM", "LIME (quick)"]
     accuracy = next(line for line in table if line.startswith("| black box |")).split(" | ")[1]
     assert float(accuracy.split(" ")[0]) == pytest.approx(
         result.metrics["blackbox test/acc"], abs=6e-4

@@ -1,5 +1,6 @@
 """Explainers behind one interface, each against an independent closed form."""
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -79,22 +80,69 @@ def test_protopnet_heatmap_is_the_weighted_similarity_of_every_patch():
 
 
 class LeftHalfModel(torch.nn.Module):
-    """Class 0's logit is the mean of the left half's red channel; class 1's is constant."""
+    """Class 0's logit is the brightest red of the left half; class 1's is constant."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x[:, 0, :, :16].mean(dim=(1, 2)) * 10
+        s = x[:, 0, :, :16].amax(dim=(1, 2)) * 10
         return torch.stack([s, torch.full_like(s, 5.0)], dim=1)
 
 
 def test_lime_weights_the_superpixels_the_model_reads():
+    """A hidden superpixel takes its own mean colour (lime's hide_color=None): hiding the one with
+    the brightest red lowers class 0's logit, so that superpixel carries the largest weight."""
+    generator = torch.Generator().manual_seed(0)
     image = torch.zeros(1, 3, 32, 32)
-    image[0, 0, :, :16] = 1.0  # a red left half, a dark right half: SLIC splits them
-    image[0, 2, :, 16:] = 1.0
-    explainer = LimeExplainer(LeftHalfModel(), samples=200, segments=8)
+    image[0, 0, :, :16] = torch.rand(32, 16, generator=generator)  # a textured red left half
+    image[0, 2, :, 16:] = 1.0  # a flat blue right half
+    explainer = LimeExplainer(
+        LeftHalfModel(), variant="quick", quick_samples=200, segments=8, mean=(0,) * 3, std=(1,) * 3
+    )
     heatmap = explainer.explain(image, torch.tensor([0]))[0]
-    assert heatmap[:, :16].mean() > 0.5 and heatmap[:, 16:].abs().max() < 0.2 * heatmap.max()
+    brightest = divmod(int(image[0, 0, :, :16].argmax()), 16)  # (row, column) of the max red
+    assert heatmap[brightest] == heatmap.max() > 0  # its superpixel carries the most weight
     again = explainer.explain(image, torch.tensor([0]))[0]
     assert torch.equal(heatmap, again)  # seeded
+
+
+def test_lime_equals_the_lime_package_run_by_hand_at_its_defaults():
+    """The reference: `LimeImageExplainer().explain_instance` at its defaults (quickshift, 1000
+    samples, mean-coloured hiding, probabilities), on the de-normalised image, one image per
+    classifier call. Our batched, normalising wrapper gives the same weights to 1e-6."""
+    from lime.lime_image import LimeImageExplainer
+
+    torch.manual_seed(0)
+    net = blackbox().eval()
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    rgb = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(1)).double()
+    image = (rgb.permute(2, 0, 1).float() - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[
+        :, None, None
+    ]  # (3, 32, 32) normalised as the data is
+
+    def probabilities(batch):  # one image at a time, the plainest classifier_fn
+        out = []
+        for picture in batch:
+            x = (
+                torch.from_numpy(picture).float().permute(2, 0, 1)
+                - torch.tensor(mean)[:, None, None]
+            )
+            x = x / torch.tensor(std)[:, None, None]
+            with torch.no_grad():
+                out.append(net(x[None]).softmax(1)[0].double().numpy())
+        return np.stack(out)
+
+    target = 1
+    reference = LimeImageExplainer(random_state=0).explain_instance(
+        rgb.numpy(), probabilities, labels=(target,), top_labels=None, random_seed=0
+    )
+    expected = dict(reference.local_exp[target])
+    ours = LimeExplainer(net, mean=mean, std=std, batch_size=37)
+    segments, weights = ours.weights(image, target)
+    assert np.array_equal(segments, reference.segments)
+    assert weights.keys() == expected.keys()
+    assert max(abs(weights[k] - expected[k]) for k in expected) < 1e-6
+    heatmap = ours.explain(image[None], torch.tensor([target]))[0]
+    painted = np.vectorize(expected.get)(reference.segments)
+    assert np.allclose(heatmap.numpy(), painted, atol=1e-6)
 
 
 def test_every_method_gives_one_heatmap_per_image_at_the_input_size():
@@ -104,7 +152,8 @@ def test_every_method_gives_one_heatmap_per_image_at_the_input_size():
     images, targets = torch.randn(2, 3, 40, 24), torch.tensor([0, 2])
     for explainer in (
         GradCAMExplainer(net),
-        LimeExplainer(net, samples=10, segments=6),
+        LimeExplainer(net, variant="quick", quick_samples=10, segments=6),
+        LimeExplainer(net, samples=10),
         ProtoPNetExplainer(model),
     ):
         heatmaps = explainer.explain(images, targets)

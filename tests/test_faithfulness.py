@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import correlate, gaussian_filter
 from torch import nn
 
 from proto_lightning.metrics.faithfulness import (
@@ -77,21 +77,31 @@ def test_heatmap_on_the_used_pixels_beats_its_reverse(insertion_substrate):
     ).all()
 
 
+def rise_gkern(klen: int, nsig: float) -> np.ndarray:
+    """RISE's `gkern` (eclique/RISE, evaluation.py), transcribed: scipy's gaussian_filter of a
+    centred delta in a klen x klen array (one channel)."""
+    delta = np.zeros((klen, klen))
+    delta[klen // 2, klen // 2] = 1
+    return gaussian_filter(delta, nsig)
+
+
 def rise_reference(model, image, heatmap, target: int, mode: str, steps: int, kind: str):
-    """RISE's CausalMetric loop (eclique/RISE, evaluation.py) written from the paper, in numpy and
-    scipy, sharing nothing with the code under test: s = ceil(HW / steps) pixels per step, in
-    descending heatmap order (ties in raster order), one forward pass per step."""
+    """RISE's CausalMetric.single_run (eclique/RISE, evaluation.py), transcribed in numpy and scipy,
+    sharing nothing with the code under test: `np.flip(np.argsort(...))` for the order (numpy's
+    default sort, ties included), s = ceil(HW / steps) pixels a step, one forward pass per step; the
+    blur substrate is `conv2d(x, gkern(11, 5), padding=5)`, a zero-padded correlation per channel."""
     x = image.double().numpy()  # (3, H, W)
     if kind == "zero":
         base = np.zeros_like(x)
     elif kind == "mean":
         base = np.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape)
-    else:  # 11 taps, sigma 5: radius 5 = truncate 1.0 x sigma; torch's "reflect" is scipy's "mirror"
-        base = gaussian_filter(x, sigma=(0, 5, 5), truncate=1.0, mode="mirror")
+    else:
+        kernel = rise_gkern(11, 5)
+        base = np.stack([correlate(channel, kernel, mode="constant", cval=0.0) for channel in x])
     start, finish = (x, base) if mode == "deletion" else (base, x)
     current, finish = start.reshape(3, -1).copy(), finish.reshape(3, -1)
     per_step = -(-x[0].size // steps)
-    order = np.argsort(-heatmap.double().numpy().ravel(), kind="stable")
+    order = np.flip(np.argsort(heatmap.double().numpy().reshape(-1)))
     scores = []
     for t in range(-(-x[0].size // per_step) + 1):
         image_now = torch.from_numpy(current.reshape(x.shape)).float()[None]
@@ -113,7 +123,7 @@ def test_batched_curves_equal_an_independent_rise_loop(mode, kind):
         nn.Linear(4, 5),
     ).eval()
     images, heatmaps = torch.randn(3, 3, 12, 12), torch.rand(3, 12, 12)
-    heatmaps[0, :4] = 0.5  # ties: raster order
+    heatmaps[0, :4] = 0.5  # ties: in numpy's order, as RISE ranks them
     targets = torch.tensor([0, 3, 4])
     batched = causal_curves(model, images, heatmaps, targets, mode, 20, kind, batch_size=7)
     with torch.no_grad():
@@ -133,10 +143,15 @@ def test_substrates_are_the_rise_ones():
     images = torch.rand(2, 3, 20, 20)
     assert substrate(images, "zero").abs().sum() == 0
     assert torch.allclose(substrate(images, "mean")[:, :, 5, 7], images.mean(dim=(2, 3)))
-    blurred = gaussian_filter(
-        images.double().numpy(), sigma=(0, 0, 5, 5), truncate=1.0, mode="mirror"
-    )
-    assert np.allclose(substrate(images, "blur").numpy(), blurred, atol=1e-5)  # 11 taps, sigma 5
+    kernel = rise_gkern(11, 5)  # nearly flat: the reflections fold the tails back in
+    assert abs(kernel[5, 5] - 0.0088) < 5e-5 and abs(kernel[0, 0] - 0.0077) < 5e-5
+    blurred = [
+        [correlate(channel, kernel, mode="constant", cval=0.0) for channel in image]
+        for image in images.double().numpy()
+    ]  # RISE: conv2d(x, gkern(11, 5), padding=5), zeros outside the image
+    assert np.allclose(substrate(images, "blur").numpy(), np.array(blurred), atol=1e-6)
+    tv = gaussian_filter(images.double().numpy(), sigma=(0, 0, 5, 5), truncate=1.0, mode="mirror")
+    assert np.allclose(substrate(images, "gaussian").numpy(), tv, atol=1e-5)  # the named variant
     with pytest.raises(ValueError, match="unknown substrate"):
         substrate(images, "noise")
 

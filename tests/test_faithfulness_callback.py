@@ -12,6 +12,7 @@ from PIL import Image
 
 from proto_lightning.callbacks import FaithfulnessCallback
 from proto_lightning.errors import ConfigValueError
+from proto_lightning.metrics.part_consistency import metric_label
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
 from proto_lightning.models.protopnet import ProtoPNet
 from proto_lightning.stages.blackbox import run_blackbox
@@ -53,18 +54,21 @@ def test_logged_test_values_equal_evaluate_on_the_same_images(tiny_demo):
     for method, model in models.items():
         measured = callback.measure(model, datamodule, datamodule.test_set)
         table = results_row(run, method)
-        for name in ("consistency", "stability"):
-            assert measured[name] == pytest.approx(table[name], abs=1e-6), (method, name)
+        for name in ("consistency", "stability"):  # 48 px: the scaled protocol, named in the key
+            key = f"{name}@scaled"
+            assert measured[key] == pytest.approx(table[name], abs=1e-6), (method, name)
 
 
 def test_push_and_validation_keys_are_logged(tiny_demo):
     rows = logged(tiny_demo.run_dir / "protopnet" / "logs" / "metrics.csv")
     keys = set().union(*rows)
-    for name in METRICS:
+    for name in METRICS:  # 48 px: part metrics under the scaled protocol, which their keys name
+        name = metric_label(name, "scaled")
         assert {f"val/{name}", f"push/{name}_before", f"push/{name}_after", f"test/{name}"} <= keys
+    assert "val/consistency" not in keys  # never the reference protocol's key at 48 px
     blackbox = set().union(*logged(tiny_demo.run_dir / "blackbox" / "logs" / "metrics.csv"))
     assert {"val/deletion_auc", "val/insertion_auc", "test/deletion_auc"} <= blackbox
-    assert "val/consistency" not in blackbox  # Grad-CAM has no prototypes
+    assert not any("consistency" in k for k in blackbox)  # Grad-CAM has no prototypes
 
 
 def test_keypoint_less_data_logs_deletion_and_insertion_only(parts_root, tmp_path: Path):

@@ -121,3 +121,28 @@ def test_the_artifact_reads_back_as_data_and_refuses_another_black_box(tmp_path)
     assert again.metadata == {"note": "test"}
     with pytest.raises(IncompatibleWeightsError, match="another black box"):
         KMExNetwork.load(tmp_path / "kmex.pt", blackbox=BlackBoxNet("small_cnn", 3))
+
+
+def test_class_probabilities_are_the_references_summed_softmax():
+    """The reference's probability, transcribed in numpy: a softmax over all C k prototypes'
+    similarities log((d + 1) / (d + 1e-4)), summed over each class's prototypes. The explainer's
+    classifier (what deletion/insertion read) has exactly these as its softmax; predictions stay
+    the nearest prototype's class."""
+    torch.manual_seed(0)
+    net = BlackBoxNet("small_cnn", 3).eval()
+    prototypes = torch.rand(3, 4, net.head.in_features)
+    model = KMExNetwork(net, prototypes).eval()
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        z = net.features(x).mean(dim=(2, 3)).double().numpy()  # (B, D)
+        explainer = KMExExplainer(model)
+        ours = explainer.classifier(x).softmax(dim=1).double().numpy()
+        predicted = explainer.predictor(x).argmax(1).numpy()
+    m = prototypes.reshape(12, -1).double().numpy()
+    d = np.sqrt(((z[:, None, :] - m[None]) ** 2).sum(-1))  # (B, C k)
+    sim = np.log((d + 1) / (d + 1e-4))
+    soft = np.exp(sim - sim.max(1, keepdims=True))
+    soft /= soft.sum(1, keepdims=True)
+    reference = soft.reshape(5, 3, 4).sum(-1)  # (B, C)
+    assert np.allclose(ours, reference, atol=1e-6)
+    assert (predicted == d.argmin(1) // 4).all()  # the nearest prototype's class

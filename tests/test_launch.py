@@ -78,7 +78,7 @@ def test_sweep_objective_is_returned_on_every_rank(parts_root: Path, tmp_path: P
         *on_gloo(parts_root, tmp_path / "run"),
         f"blackbox_ckpt={best}",
         "evaluate_after=true",
-        "objective=Post-hoc PPN/consistency",
+        "objective=Post-hoc PPN/consistency@scaled",
         "evaluation.methods=[posthoc]",
         "evaluation.faithfulness.images=2",
         "evaluation.faithfulness.steps=4",

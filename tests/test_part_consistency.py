@@ -304,3 +304,42 @@ def test_region_is_clipped_to_a_wide_images_own_height_and_width():
     keypoints = torch.tensor([[[1, 39.0, 19.0, 1], [2, 39.0, 21.0, 1], [3, 34.0, 18.0, 1]]])
     covered = covered_parts(activations, keypoints, 3, (20, 40), 3)
     assert covered[0, 0].tolist() == [True, False, False]
+
+
+def reference_peaks_by_hand(maps: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """EvalProtoPNet's peak, per map: cv2.resize(map, (S, S), INTER_CUBIC), then the first hit of
+    np.where(up == up.max())."""
+    peaks = []
+    for activation in maps:
+        up = cv2.resize(activation, (size, size), interpolation=cv2.INTER_CUBIC)
+        ys, xs = np.where(up == up.max())
+        peaks.append((int(ys[0]), int(xs[0])))
+    return peaks
+
+
+def test_reference_peaks_resize_each_map_alone_on_ties():
+    """Mirror-symmetric and constant maps (ties everywhere): each map resized on its own, as the
+    reference does; a multi-channel resize rounds differently and moves peaks."""
+    generator = np.random.RandomState(0)
+    half = generator.rand(5, 7, 4).astype(np.float32)
+    mirrored = np.concatenate([half, half[:, :, ::-1]], axis=2)  # (5, 7, 8) symmetric in x
+    maps = np.concatenate([mirrored, np.full((5, 7, 8), 0.3, np.float32)])  # + constant maps
+    activations = torch.from_numpy(maps).view(2, 5, 7, 8)  # k = 5 maps an image
+    found = reference_peak_pixels(activations, (96, 96)).reshape(-1, 2).tolist()
+    assert [tuple(p) for p in found] == reference_peaks_by_hand(maps, 96)
+
+
+def test_the_protocol_is_chosen_for_the_input_size_and_named_in_the_keys():
+    from proto_lightning.errors import ConfigValueError
+    from proto_lightning.evaluation.table import ResultRow
+    from proto_lightning.metrics.bootstrap import Estimate
+    from proto_lightning.metrics.part_consistency import part_protocol
+    from proto_lightning.stages.evaluate import headline_metrics
+
+    assert part_protocol("auto", 224) == "reference" and part_protocol("auto", 96) == "scaled"
+    with pytest.raises(ConfigValueError, match="protocol=reference keeps EvalProtoPNet's 36 px"):
+        part_protocol("reference", 96)
+    row = [ResultRow("Post-hoc PPN", {"consistency": Estimate(0.6, 0.5, 0.7)})]
+    scaled, reference = headline_metrics(row, "scaled"), headline_metrics(row, "reference")
+    assert list(scaled) == ["Post-hoc PPN/consistency@scaled"]
+    assert list(reference) == ["Post-hoc PPN/consistency"]

@@ -455,3 +455,20 @@ def test_push_at_end_and_last_layer_passes():
     assert model.step_of_epoch(1).epoch == 1
     with pytest.raises(IndexError, match="past the schedule"):
         model.step_of_epoch(2)
+
+
+def test_distances_after_a_push_are_bit_equal_to_the_official_expansion():
+    """cfchen-duke/ProtoPNet model.py `_l2_convolution`, transcribed: relu(x2_patch_sum +
+    (-2 * xp + p2)), summed in that order. After a push a prototype equals a patch (d about 0),
+    where the last bits count: the log-similarity magnifies them."""
+    torch.manual_seed(3)
+    net = ProtoPNetNet("small_cnn", num_classes=3, prototypes_per_class=4, prototype_dim=16)
+    z = torch.rand(2, 16, 6, 5) * 3
+    with torch.no_grad():  # a push: every prototype becomes one of the patches
+        net.prototype_vectors.copy_(z[0, :, :4, :3].reshape(16, -1).T[:12, :, None, None])
+    ones = torch.ones_like(net.prototype_vectors)
+    x2_patch_sum = torch.nn.functional.conv2d(z**2, ones)
+    p2 = torch.sum(net.prototype_vectors**2, dim=(1, 2, 3)).view(-1, 1, 1)
+    xp = torch.nn.functional.conv2d(z, net.prototype_vectors)
+    official = torch.relu(x2_patch_sum + (-2 * xp + p2))
+    assert torch.equal(net.l2_distances(z), official)

@@ -60,3 +60,40 @@ def test_report_embeds_every_figure_and_the_csv_numbers(tiny_demo):
 def test_the_demo_ends_by_naming_the_report(tiny_demo):
     last = tiny_demo.summary().splitlines()[-1]
     assert last == f"open the report: {tiny_demo.run_dir / 'evaluate' / 'report.html'}"
+
+
+def test_a_negative_term_is_labelled_as_counting_against(tmp_path, monkeypatch):
+    """Every figure names a term that lowers the logit as counting against the class: its caption
+    (`term_caption`), and its "looks like" panel; explanations say which terms are against."""
+    import numpy as np
+    import torch
+
+    from proto_lightning.evaluation import figures
+    from proto_lightning.evaluation.figures import PrototypeTerm, explanation_figure
+    from proto_lightning.prototypes.network import PrototypeExplanation, term_caption
+
+    assert term_caption(2, 0.314) == "p2: +0.31 for"
+    assert term_caption(0, -0.12) == "p0: -0.12 against"
+    titles = []
+    show = figures._show
+    monkeypatch.setattr(
+        figures,
+        "_show",
+        lambda ax, image, heatmap=None, title="", size=7: (
+            titles.append(title),
+            show(ax, image, heatmap, title, size),
+        ),
+    )
+    image, patch = np.zeros((8, 8, 3), np.uint8), np.zeros((4, 4, 3), np.uint8)
+    terms = [
+        PrototypeTerm(np.ones((8, 8)), None, patch, term_caption(1, 0.5)),
+        PrototypeTerm(np.ones((8, 8)), None, patch, term_caption(0, -0.2)),
+    ]
+    explanation_figure(tmp_path / "f.png", image, "t", {}, [], terms, {})
+    assert "post-hoc PPN: p0: -0.20 against" in titles
+    assert titles.count("looks like\n(counts against)") == 1 and titles.count("looks like") == 1
+    explained = PrototypeExplanation(
+        0, 1.0, torch.tensor([1, 0]), torch.tensor([0.5, -0.2]), None, None, [{}, {}]
+    )
+    assert explained.against.tolist() == [False, True]
+    assert explained.terms() == ["p1: +0.50 for", "p0: -0.20 against"]

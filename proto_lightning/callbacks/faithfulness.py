@@ -19,7 +19,7 @@ import torch
 from proto_lightning.distributed import contiguous_share, gather_images
 from proto_lightning.errors import ConfigValueError
 from proto_lightning.evaluation.artifacts import Models
-from proto_lightning.evaluation.methods import EXPLAINERS
+from proto_lightning.evaluation.methods import EXPLAINERS, Normalisation
 from proto_lightning.evaluation.scores import (
     consistency_score,
     explain_and_measure,
@@ -34,7 +34,11 @@ from proto_lightning.explainers import (
     ProtoPNetExplainer,
     PrototypeExplainer,
 )
-from proto_lightning.metrics.part_consistency import region_half_size
+from proto_lightning.metrics.part_consistency import (
+    metric_label,
+    part_protocol,
+    region_half_size,
+)
 from proto_lightning.models.blackbox import BlackBoxClassifier
 from proto_lightning.models.posthoc import PostHocPrototypeNetwork
 from proto_lightning.models.protopnet import ProtoPNet
@@ -46,16 +50,21 @@ METRICS = ("deletion_auc", "insertion_auc", "consistency", "stability")
 
 
 def module_explainer(
-    module: L.LightningModule, blackbox_method: str, settings: Mapping[str, Any], seed: int
+    module: L.LightningModule,
+    blackbox_method: str,
+    settings: Mapping[str, Any],
+    seed: int,
+    normalisation: Normalisation,
 ) -> Explainer:
-    """The explainer of a module: a prototype network explains itself, a black box `blackbox_method`."""
+    """The explainer of a module: a prototype network explains itself, a black box `blackbox_method`
+    (`normalisation`: the data's mean and std, which LIME undoes)."""
     if isinstance(module, ProtoPNet):
         return ProtoPNetExplainer(module)
     if isinstance(module, PostHocPrototypeNetwork):
         return PostHocExplainer(module)
     if isinstance(module, BlackBoxClassifier):
         models = Models(blackbox=module.net, posthoc=None, protopnet=None, paths={})
-        return EXPLAINERS[blackbox_method](models, settings, seed)
+        return EXPLAINERS[blackbox_method](models, settings, seed, normalisation)
     raise TypeError(f"no explainer for a {type(module).__name__}")
 
 
@@ -134,7 +143,10 @@ class FaithfulnessCallback(L.Callback):
         # change the shuffles and augmentations of the training that follows.
         devices = [module.device] if module.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.inference_mode(False):
-            explainer = module_explainer(module, self.blackbox_explainer, self.settings, self.seed)
+            normalisation = (datamodule.mean, datamodule.std)
+            explainer = module_explainer(
+                module, self.blackbox_explainer, self.settings, self.seed, normalisation
+            )
             subset = faithfulness_subset(len(dataset), self.images, self.seed)
             mine = subset[contiguous_share(len(subset), rank, world)]
             values = self._faithfulness(explainer, dataset, mine, module.device)
@@ -160,24 +172,26 @@ class FaithfulnessCallback(L.Callback):
         self, explainer: PrototypeExplainer, datamodule, dataset, mine: np.ndarray, module
     ) -> dict[str, float]:
         parts = self.settings["parts"]
+        protocol = part_protocol(parts["protocol"], datamodule.image_size)
         local = None
         if len(mine):
-            reference = parts["protocol"] == "reference"
             local = part_coverage(
                 explainer,
                 datamodule.subset_loader(dataset, mine),
                 datamodule.num_parts,
-                region_half_size(datamodule.image_size, parts["half_size"], parts["protocol"]),
+                region_half_size(datamodule.image_size, parts["half_size"], protocol),
                 parts["noise_std"],
                 parts["noise_clip"],
                 self.seed,
                 module.device,
-                parts["protocol"],
-                reference_keypoints_of(dataset) if reference else None,
+                protocol,
+                reference_keypoints_of(dataset) if protocol == "reference" else None,
             )
         coverage = gather_images(local)
         C = datamodule.num_classes
-        return {
-            "consistency": consistency_score(coverage, C, parts["threshold"]),
-            "stability": stability_score(coverage, C),
+        return {  # keys name a protocol other than the reference's, as evaluate's do
+            metric_label("consistency", protocol): consistency_score(
+                coverage, C, parts["threshold"]
+            ),
+            metric_label("stability", protocol): stability_score(coverage, C),
         }

@@ -68,8 +68,8 @@ class PrototypeGalleryCallback(L.Callback):
                 grid.paste(self._tile(heat), ((col + 1) * t, y + 14))
                 draw.text(
                     ((col + 1) * t + 2, y + 16),
-                    f"p{int(explanation.prototype_index[col])}: {float(explanation.contributions[col]):+.2f}",
-                    fill="white",
+                    explanation.terms()[col],
+                    fill="red" if explanation.against[col] else "white",
                 )
         path = self.out_dir / "heatmaps.png"
         grid.save(path)

@@ -73,14 +73,18 @@ def explanation_figure(
             if term.box is not None:
                 _box(ax, term.box, "yellow")
             if term.patch is not None:
-                _show(axes[row, 2 * i + 1], term.patch, title="looks like")
+                against = term.caption.endswith("against")
+                title = "looks like\n(counts against)" if against else "looks like"
+                _show(axes[row, 2 * i + 1], term.patch, title=title)
     fig.suptitle(title, fontsize=8)
     fig.text(
         0.01,
         0.005,
-        "pJ: +X to logit = prototype J adds X to the explained class's logit (ProtoPNet: its weight x "
-        "max similarity; post-hoc PPN: mean f.p~). Yellow box: where ProtoPNet's prototype activates "
-        "most. 'looks like': the training patch the prototype was projected onto.",
+        "pJ: +X for = prototype J adds X to the explained class's logit (ProtoPNet: its weight x "
+        "max similarity; post-hoc PPN: mean f.p~); pJ: -X against = it lowers the logit by X: the "
+        "image looks like that prototype, and that counts against the class (its map shows where). "
+        "Yellow box: where ProtoPNet's prototype activates most. 'looks like': the training patch "
+        "the prototype was projected onto.",
         fontsize=5.5,
         wrap=True,
     )

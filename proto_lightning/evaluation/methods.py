@@ -16,25 +16,30 @@ from proto_lightning.explainers import (
     ProtoPNetExplainer,
 )
 
-# name -> (models, settings, seed) -> the method's explainer, or None when its network was not given
-EXPLAINERS: dict[str, Callable[[Models, Mapping[str, Any], int], Explainer | None]] = {
-    "posthoc": lambda models, settings, seed: (
+# the data's normalisation (mean, std), which LIME undoes for the `lime` package
+Normalisation = tuple[Sequence[float], Sequence[float]]
+# name -> (models, settings, seed, normalisation) -> the method's explainer, or None when its
+# network was not given
+EXPLAINERS: dict[
+    str, Callable[[Models, Mapping[str, Any], int, Normalisation], Explainer | None]
+] = {
+    "posthoc": lambda models, settings, seed, norm: (
         PostHocExplainer(models.posthoc) if models.posthoc is not None else None
     ),
-    "protopnet": lambda models, settings, seed: (
+    "protopnet": lambda models, settings, seed, norm: (
         ProtoPNetExplainer(models.protopnet) if models.protopnet is not None else None
     ),
-    "kmex": lambda models, settings, seed: (
+    "kmex": lambda models, settings, seed, norm: (
         KMExExplainer(models.kmex) if models.kmex is not None else None
     ),
-    "gradcam": lambda models, settings, seed: GradCAMExplainer(models.blackbox),
-    "lime": lambda models, settings, seed: LimeExplainer(
-        models.blackbox, **settings["lime"], seed=seed
+    "gradcam": lambda models, settings, seed, norm: GradCAMExplainer(models.blackbox),
+    "lime": lambda models, settings, seed, norm: LimeExplainer(
+        models.blackbox, **settings["lime"], mean=norm[0], std=norm[1], seed=seed
     ),
 }
 
 
-# name -> the method's row name in the table
+# name -> the method's row name in the table (LIME's quick variant: "LIME (quick)")
 ROW_NAMES = {
     "posthoc": PostHocExplainer.name,
     "protopnet": ProtoPNetExplainer.name,
@@ -45,7 +50,7 @@ ROW_NAMES = {
 
 
 def build_explainers(
-    models: Models, settings: Mapping[str, Any], seed: int
+    models: Models, settings: Mapping[str, Any], seed: int, normalisation: Normalisation
 ) -> dict[str, Explainer]:
     """The methods of `settings["methods"]`, in table order, skipping networks that were not given;
     an unknown name is refused with the known ones."""
@@ -55,9 +60,12 @@ def build_explainers(
         raise ConfigKeyError(
             f"evaluation.methods names {unknown}; known methods: {sorted(EXPLAINERS)}"
         )
-    built = {m: EXPLAINERS[m](models, settings, seed) for m in methods}
+    built = {m: EXPLAINERS[m](models, settings, seed, normalisation) for m in methods}
     return {m: explainer for m, explainer in built.items() if explainer is not None}
 
+
+# rows a method's named variants add (`evaluation.lime.variant=quick`: "LIME (quick)")
+VARIANT_ROW_NAMES = {"lime": [f"{LimeExplainer.name} (quick)"]}
 
 # the methods that classify with their own model (the others explain the black box's decisions)
 OWN_MODELS = ("posthoc", "protopnet", "kmex")

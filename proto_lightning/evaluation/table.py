@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from proto_lightning.metrics.bootstrap import Estimate
+from proto_lightning.metrics.part_consistency import metric_label
 
 # column -> (header, better direction), in table order
 METRICS = {
@@ -42,16 +43,19 @@ class ResultRow:
 
 
 def columns() -> list[str]:
-    """CSV / W&B table columns, the same for every run so dashboards line them up."""
-    return ["method"] + [key + s for key in METRICS for s in ("", "_low", "_high")]
+    """CSV / W&B table columns, the same for every run so dashboards line them up; `part_protocol`
+    says under which protocol consistency and stability were measured."""
+    return (
+        ["method"] + [key + s for key in METRICS for s in ("", "_low", "_high")] + ["part_protocol"]
+    )
 
 
-def write_csv(rows: list[ResultRow], path: Path) -> Path:
-    """results.csv: one row per method."""
+def write_csv(rows: list[ResultRow], path: Path, protocol: str) -> Path:
+    """results.csv: one row per method, each naming the part protocol."""
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns())
         writer.writeheader()
-        writer.writerows(row.flat() for row in rows)
+        writer.writerows({**row.flat(), "part_protocol": protocol} for row in rows)
     return path
 
 
@@ -66,10 +70,12 @@ def cell_text(estimate: Estimate | None, key: str) -> str:
     return f"{estimate.value:.3f} [{estimate.low:.3f}, {estimate.high:.3f}]"
 
 
-def write_markdown(rows: list[ResultRow], path: Path, notes: list[str]) -> Path:
-    """results.md: the table (value [95% interval]) and the notes that say how it was measured."""
+def write_markdown(rows: list[ResultRow], path: Path, notes: list[str], protocol: str) -> Path:
+    """results.md: the table (value [95% interval]) and the notes that say how it was measured; the
+    part metrics' headers name a protocol other than the reference's (`metric_label`)."""
     headers = ["method"] + [
-        f"{name} ({better})" if better else name for name, better in METRICS.values()
+        f"{metric_label(name, protocol)} ({better})" if better else name
+        for name, better in METRICS.values()
     ]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:

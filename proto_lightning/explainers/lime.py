@@ -1,72 +1,148 @@
-"""LIME (Ribeiro et al., KDD 2016) of the black box on SLIC superpixels, from captum's Lime.
+"""LIME (Ribeiro et al., KDD 2016) of the black box, run by the `lime` package's own `LimeImageExplainer`.
 
-Settings follow the original `lime_image` package where captum leaves a choice: a ridge surrogate
-(alpha 1), an exponential kernel of width 0.25 on the cosine distance, hidden superpixels set to the
-dataset mean (0 in the normalised input). Superpixels come from scikit-image's SLIC (the original
-uses quickshift, whose segment count is hard to control on small images).
+`variant="reference"` (the default) is `lime_image.LimeImageExplainer().explain_instance` at its
+defaults: quickshift superpixels (kernel_size 4, max_dist 200, ratio 0.2), each hidden superpixel
+filled with its own mean colour (`hide_color=None`), 1000 samples of which the first is the original
+(all ones), weights sqrt(exp(-d^2 / 0.25^2)) of the cosine distance d between a sample's binary row
+and the all-ones row, and a ridge regression (alpha 1) on the explained class's softmax
+probability. Only the classifier calls are ours: the package's perturbed images go to the black box
+in batches of `batch_size`, normalised as the data is.
+
+`variant="quick"` is a named, cheaper variant for CPU runs: SLIC superpixels (`segments`,
+`compactness`) and `quick_samples` samples, everything else as above; the results table names it
+("LIME (quick)").
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+from contextlib import contextmanager
+
 import numpy as np
 import torch
-from captum._utils.models.linear_model import SkLearnRidge
-from captum.attr import Lime
-from captum.attr._core.lime import get_exp_kernel_similarity_function
-from skimage.segmentation import slic
+from lime import lime_image
+from lime.lime_image import LimeImageExplainer
+from lime.wrappers.scikit_image import SegmentationAlgorithm
 from torch import nn
 
+from proto_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from proto_lightning.models.adapters import model_device
+from proto_lightning.settings import require_choice
 
-def superpixels(image: np.ndarray, segments: int, compactness: float) -> np.ndarray:
-    """SLIC segmentation of an (H, W, 3) float image -> (H, W) int labels from 0."""
-    labels = slic(image, n_segments=segments, compactness=compactness, start_label=0)
-    return np.unique(labels, return_inverse=True)[1].reshape(labels.shape)
+VARIANTS = ("reference", "quick")
+
+
+@contextmanager
+def _quiet_progress():
+    """The package draws a tqdm progress bar per explained image, and tqdm reads TQDM_DISABLE only
+    at import: its `tqdm` is swapped for a silent one during our calls, then put back."""
+    drawn = lime_image.tqdm
+    lime_image.tqdm = functools.partial(drawn, disable=True)
+    try:
+        yield
+    finally:
+        lime_image.tqdm = drawn
 
 
 class LimeExplainer:
-    """Per image: sample superpixel masks, fit the surrogate, paint each superpixel with its weight."""
+    """Per image: the package samples superpixel masks and fits its surrogate; each pixel of the
+    heatmap carries its superpixel's weight for the target class.
 
-    name = "LIME"
+    Args:
+        net: the black box, normalised images (B, 3, H, W) -> logits (B, C).
+        variant: `reference` (lime_image's defaults) or `quick` (SLIC, fewer samples).
+        samples, quick_samples: samples per image of each variant (lime_image: 1000).
+        segments, compactness: SLIC's settings (quick variant).
+        kernel_size, max_dist, ratio: quickshift's settings (reference variant).
+        kernel_width: the kernel's width on the cosine distance (lime_image: 0.25).
+        batch_size: perturbed images per forward pass.
+        mean, std: the data's normalisation, undone for the package (it segments RGB in [0, 1]).
+        seed: seeds the sampler and the segmentation.
+
+    Example:
+        >>> # LimeExplainer(net, variant="quick").explain(images, targets)  # (B, H, W)
+    """
+
+    name = "LIME"  # the reference variant's row; another variant's names it: "LIME (quick)"
 
     def __init__(
         self,
         net: nn.Module,
-        samples: int = 200,
+        variant: str = "reference",
+        samples: int = 1000,
+        quick_samples: int = 200,
         segments: int = 50,
         compactness: float = 10.0,
+        kernel_size: int = 4,
+        max_dist: float = 200.0,
+        ratio: float = 0.2,
         kernel_width: float = 0.25,
-        ridge_alpha: float = 1.0,
         batch_size: int = 64,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
     ) -> None:
+        require_choice(variant, VARIANTS, "evaluation.lime.variant")
         self.net = net.eval()
-        self.samples, self.segments, self.compactness = samples, segments, compactness
-        self.batch_size, self.seed = batch_size, seed
-        self._lime = Lime(
-            net,
-            interpretable_model=SkLearnRidge(alpha=ridge_alpha),
-            similarity_func=get_exp_kernel_similarity_function("cosine", kernel_width),
+        self.variant = variant
+        self.name = "LIME" if variant == "reference" else f"LIME ({variant})"
+        self.samples = samples if variant == "reference" else quick_samples
+        self.segmentation = (
+            ("quickshift", {"kernel_size": kernel_size, "max_dist": max_dist, "ratio": ratio})
+            if variant == "reference"
+            else ("slic", {"n_segments": segments, "compactness": compactness, "start_label": 0})
         )
+        self.kernel_width, self.batch_size, self.seed = kernel_width, batch_size, seed
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
     def classifier(self, images: torch.Tensor) -> torch.Tensor:
         """The black box's logits (B, C)."""
         return self.net(images)
 
     @torch.no_grad()
+    def probabilities(self, rgb: np.ndarray) -> np.ndarray:
+        """The package's classifier_fn: RGB images (n, H, W, 3) in [0, 1] -> softmax (n, C)."""
+        device = model_device(self.net)
+        x = torch.from_numpy(rgb).float().permute(0, 3, 1, 2)  # (n, 3, H, W)
+        x = ((x - self.mean) / self.std).to(device)
+        return self.net(x).softmax(dim=1).double().cpu().numpy()
+
+    def weights(self, image: torch.Tensor, target: int) -> tuple[np.ndarray, dict[int, float]]:
+        """One normalised image (3, H, W): the package's superpixels (H, W) and each one's weight."""
+        rgb = (image[None].cpu().float() * self.std + self.mean)[0]  # (3, H, W), back in [0, 1]
+        rgb = rgb.permute(1, 2, 0).double().numpy()  # (H, W, 3)
+        algorithm, settings = self.segmentation
+        segment = SegmentationAlgorithm(algorithm, random_seed=self.seed, **settings)
+
+        def segmenter(
+            picture: np.ndarray,
+        ) -> np.ndarray:  # RGB outside [0, 1] only where rounding put it
+            return segment(np.clip(picture, 0.0, 1.0))
+
+        explainer = LimeImageExplainer(kernel_width=self.kernel_width, random_state=self.seed)
+        with _quiet_progress():
+            explanation = explainer.explain_instance(
+                rgb,
+                self.probabilities,
+                labels=(target,),
+                top_labels=None,
+                hide_color=None,
+                num_samples=self.samples,
+                batch_size=self.batch_size,
+                segmentation_fn=segmenter,
+                random_seed=self.seed,
+            )
+        return explanation.segments, dict(explanation.local_exp[target])
+
     def explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """LIME heatmaps (B, H, W): each pixel carries its superpixel's surrogate weight."""
         heatmaps = []
         for image, target in zip(images, targets.tolist(), strict=True):
-            rgb = image.permute(1, 2, 0).double().cpu().numpy()  # (H, W, 3)
-            mask = torch.from_numpy(superpixels(rgb, self.segments, self.compactness))
-            torch.manual_seed(self.seed)  # captum samples masks with the global generator
-            weights = self._lime.attribute(
-                image[None],
-                target=target,
-                baselines=0.0,
-                feature_mask=mask.to(image.device)[None, None].expand(1, 3, *mask.shape),
-                n_samples=self.samples,
-                perturbations_per_eval=self.batch_size,
-            )  # (1, 3, H, W), constant over each superpixel and channel
-            heatmaps.append(weights[0, 0])
-        return torch.stack(heatmaps)
+            segments, weights = self.weights(image, target)
+            lookup = np.zeros(segments.max() + 1)
+            for segment, weight in weights.items():
+                lookup[segment] = weight
+            heatmaps.append(torch.from_numpy(lookup[segments]).float())
+        return torch.stack(heatmaps).to(images.device)

@@ -85,7 +85,11 @@ class KMExExplainer:
         self.prototypes_per_class = model.prototypes_per_class
 
     def classifier(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (B, C): each class's nearest prototype's similarity."""
+        """Log class probabilities (B, C) as the reference computes them (`log_probabilities`)."""
+        return self.model.log_probabilities(images)
+
+    def predictor(self, images: torch.Tensor) -> torch.Tensor:
+        """Scores whose argmax is KMEx's prediction: the nearest prototype's class (`KMeans.predict`)."""
         return self.model(images)
 
     @torch.no_grad()

@@ -6,9 +6,16 @@ Follows Petsiuk, Das & Saenko, "RISE: Randomized Input Sampling for Explanation 
 - pixels are ranked by the heatmap, highest first; at step t = 0..n the first min(t * s, HW) of
   them are taken from the `finish` image and the rest from the `start` image, with s pixels per step
   (n = ceil(HW / s));
+- the order is RISE's own, `np.flip(np.argsort(map))`: numpy's default (quicksort) ascending
+  argsort, reversed. On equal values that sort is not stable, so ties come in the order numpy
+  leaves them, reversed, exactly as in the reference; on piecewise-constant maps (LIME's) that
+  order decides the curve, so it is numpy's sort that ranks, on the CPU;
 - deletion starts from the image and finishes at the substrate (RISE: zeros); insertion starts
-  from the substrate (RISE: the image blurred with an 11-tap Gaussian of sigma 5) and finishes at
-  the image;
+  from the substrate and finishes at the image. RISE's insertion substrate (`blur`) is
+  `conv2d(x, gkern(11, 5), padding=5)`: its kernel is scipy's `gaussian_filter` (sigma 5, reflect
+  mode, truncated at 4 sigma) of a centred delta in an 11 x 11 array, which the reflections make
+  nearly flat (centre 0.0088, corner 0.0077), and the convolution pads with zeros. `gaussian` is a
+  torchvision Gaussian blur (11 taps, sigma 5, reflect padding), a named variant;
 - the score at each step is the softmax probability of the target class (the model's prediction
   on the original image); the AUC is the trapezoidal area over t / n in [0, 1].
 
@@ -19,22 +26,45 @@ loop, kept as the ground truth the batched version is tested and benchmarked aga
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 Model = Callable[[torch.Tensor], torch.Tensor]  # images (B, 3, H, W) -> logits (B, C)
-SUBSTRATES = ("zero", "blur", "mean")
+SUBSTRATES = ("zero", "blur", "gaussian", "mean")
 MODES = ("deletion", "insertion")
+RISE_KERNEL_SIZE, RISE_KERNEL_SIGMA = 11, 5.0
+
+
+@functools.cache
+def rise_kernel(size: int = RISE_KERNEL_SIZE, sigma: float = RISE_KERNEL_SIGMA) -> torch.Tensor:
+    """RISE's `gkern(size, sigma)` for one channel (size, size): scipy's `gaussian_filter` of a delta."""
+    from scipy.ndimage import gaussian_filter
+
+    delta = np.zeros((size, size))
+    delta[size // 2, size // 2] = 1.0
+    return torch.from_numpy(gaussian_filter(delta, sigma).astype(np.float32))
+
+
+def rise_blur(images: torch.Tensor) -> torch.Tensor:
+    """Each channel convolved with `rise_kernel`, zero-padded to the same size (B, 3, H, W)."""
+    kernel = rise_kernel().to(images)
+    weight = kernel.expand(images.shape[1], 1, *kernel.shape)  # (3, 1, k, k): channels apart
+    return F.conv2d(images, weight, padding=kernel.shape[-1] // 2, groups=images.shape[1])
 
 
 def substrate(images: torch.Tensor, kind: str) -> torch.Tensor:
-    """What removed pixels become (B, 3, H, W): zeros, RISE's Gaussian blur (11 taps, sigma 5) or the image mean."""
+    """What removed pixels become (B, 3, H, W): zeros, RISE's blur, torchvision's Gaussian blur or the image mean."""
     if kind == "zero":
         return torch.zeros_like(images)
     if kind == "blur":
+        return rise_blur(images)
+    if kind == "gaussian":
         return TF.gaussian_blur(images, kernel_size=[11, 11], sigma=[5.0, 5.0])
     if kind == "mean":
         return images.mean(dim=(2, 3), keepdim=True).expand_as(images).contiguous()
@@ -48,9 +78,17 @@ def step_counts(num_pixels: int, steps: int) -> torch.Tensor:
     return (torch.arange(n + 1) * per_step).clamp(max=num_pixels)
 
 
+def salient_order(heatmaps: torch.Tensor) -> torch.Tensor:
+    """Heatmaps (B, H, W) -> pixel indices (B, H*W), most salient first, in RISE's order: numpy's
+    default argsort of each map (in float64), reversed (module docstring)."""
+    maps = heatmaps.detach().flatten(1).double().cpu().numpy()  # (B, HW)
+    order = np.flip(np.argsort(maps, axis=1), axis=1).copy()
+    return torch.from_numpy(order).to(heatmaps.device)
+
+
 def pixel_ranks(heatmaps: torch.Tensor) -> torch.Tensor:
-    """Heatmaps (B, H, W) -> rank of every pixel (B, H*W), 0 for the most salient; ties keep raster order."""
-    order = heatmaps.flatten(1).argsort(dim=1, descending=True, stable=True)  # (B, HW)
+    """Heatmaps (B, H, W) -> rank of every pixel (B, H*W), 0 for the most salient (`salient_order`)."""
+    order = salient_order(heatmaps)  # (B, HW)
     ranks = torch.empty_like(order)
     positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
     return ranks.scatter_(1, order, positions)
@@ -114,7 +152,7 @@ def causal_curve_loop(
     start, finish = (x[0] for x in _endpoints(image[None], mode, substrate_kind))
     current = start.clone().view(3, -1)  # (3, HW)
     finish = finish.reshape(3, -1)
-    order = heatmap.flatten().argsort(descending=True, stable=True)  # (HW,)
+    order = salient_order(heatmap[None])[0]  # (HW,)
     counts = step_counts(H * W, steps)
     scores = []
     for t in range(len(counts)):

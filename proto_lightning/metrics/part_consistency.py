@@ -38,9 +38,38 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from proto_lightning.errors import ConfigValueError
+
 REFERENCE_HALF_SIZE = 36  # pixels, at the reference's 224-pixel input
 REFERENCE_IMAGE_SIZE = 224
 PROTOCOLS = ("reference", "scaled")
+PROTOCOL_CHOICES = ("auto", *PROTOCOLS)  # `evaluation.parts.protocol`
+PART_METRICS = ("consistency", "stability")  # the metrics whose numbers depend on the protocol
+
+
+def part_protocol(protocol: str, image_size: int) -> str:
+    """The protocol a run measures with: `auto` is `reference` at the reference's 224 px input and
+    `scaled` at any other; `reference` elsewhere is refused, since its fixed 36 px half-size covers
+    a larger share of a smaller image (a 72 px box in a 96 px image) and inflates the scores."""
+    if protocol not in PROTOCOL_CHOICES:
+        raise ConfigValueError(
+            f"evaluation.parts.protocol={protocol!r}: choose one of {', '.join(PROTOCOL_CHOICES)}"
+        )
+    if protocol == "auto":
+        return "reference" if image_size == REFERENCE_IMAGE_SIZE else "scaled"
+    if protocol == "reference" and image_size != REFERENCE_IMAGE_SIZE:
+        raise ConfigValueError(
+            f"evaluation.parts.protocol=reference keeps EvalProtoPNet's {REFERENCE_HALF_SIZE} px "
+            f"half-size, made for {REFERENCE_IMAGE_SIZE} px inputs; at data.image_size={image_size} "
+            "it would cover most of the image. Use protocol=scaled (or auto)."
+        )
+    return protocol
+
+
+def metric_label(name: str, protocol: str) -> str:
+    """A metric's key: a part metric measured under another protocol than the reference's carries
+    it (`consistency@scaled`), so the two never share a key in a log or a table."""
+    return f"{name}@{protocol}" if name in PART_METRICS and protocol != "reference" else name
 
 
 def region_half_size(
@@ -64,15 +93,19 @@ def peak_pixels(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
 
 
 def reference_peak_pixels(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """As `peak_pixels`, upsampled as EvalProtoPNet does: `cv2.resize(map, (S, S), INTER_CUBIC)` and
-    the first of `np.where(up == up.max())`; one resize per image, its k maps as channels."""
-    maps = activations.detach().float().cpu().numpy().transpose(0, 2, 3, 1)  # (N, h, w, k)
+    """As `peak_pixels`, upsampled as EvalProtoPNet does: each prototype's map alone through
+    `cv2.resize(map, (S, S), INTER_CUBIC)`, and the first of `np.where(up == up.max())`.
+
+    One single-channel resize per map, as the reference runs it: OpenCV's multi-channel cubic
+    resize rounds differently (by ~1e-7), and on maps with ties that last bit picks the peak.
+    """
+    maps = activations.detach().float().cpu().numpy()  # (N, k, h, w)
     N, k = activations.shape[:2]
     flat = np.empty((N, k), dtype=np.int64)
     for n in range(N):
-        up = cv2.resize(maps[n], (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
-        up = up.reshape(size[0] * size[1], k)  # OpenCV drops a single channel's axis
-        flat[n] = up.argmax(axis=0)  # numpy's argmax: the first maximum, as np.where's first hit
+        for i in range(k):
+            up = cv2.resize(maps[n, i], (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+            flat[n, i] = up.argmax()  # numpy's argmax: the first maximum, as np.where's first hit
     flat_t = torch.from_numpy(flat).to(activations.device)
     return torch.stack([flat_t // size[1], flat_t % size[1]], dim=-1)
 

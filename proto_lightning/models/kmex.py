@@ -60,10 +60,24 @@ class KMExNetwork(FrozenPrototypes, nn.Module):
         """ProtoPNet's log((d + 1) / (d + eps)), elementwise."""
         return torch.log((distances + 1) / (distances + self.epsilon))
 
+    def similarities(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H0, W0) -> every prototype's similarity (B, C, k)."""
+        z = self.blackbox.features(x).mean(dim=(2, 3))  # (B, D)
+        return self.similarity(self.distances(z))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H0, W0) -> logits (B, C): each class's nearest prototype's similarity."""
-        z = self.blackbox.features(x).mean(dim=(2, 3))  # (B, D)
-        return self.similarity(self.distances(z)).amax(dim=-1)
+        return self.similarities(x).amax(dim=-1)
+
+    def log_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """The reference's class probabilities, as logs (B, C): p_c = sum_i softmax_all(sim)_ci, the
+        softmax over all C k prototypes' similarities summed over class c's (SrishtiGautam/KMEx).
+
+        Their softmax is the probability itself, so deletion and insertion (which read the softmax
+        of a classifier's output) see the reference's probabilities.
+        """
+        sims = self.similarities(x)  # (B, C, k)
+        return sims.logsumexp(dim=-1) - sims.flatten(1).logsumexp(dim=-1, keepdim=True)
 
     @torch.no_grad()
     def prototype_maps(

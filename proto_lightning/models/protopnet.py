@@ -121,15 +121,17 @@ class ProtoPNetNet(nn.Module):
     def l2_distances(self, z: torch.Tensor) -> torch.Tensor:
         """Squared L2 distance of every patch to every prototype (B, m, H, W), official expansion.
 
-        Always float32, autocast or not: in fp16/bf16 the expansion x2 - 2xp + p2 cancels to
-        errors of ~0.06 near d = 0, which the log-similarity log((d + 1)/(d + eps)) amplifies.
+        Summed in the official order, x2 + (-2 xp + p2) (cfchen-duke/ProtoPNet model.py
+        `_l2_convolution`): after a push d is about 0, where the other order moves d by ~2e-6 and the
+        log-similarity log((d + 1)/(d + eps)) magnifies that to ~1e-4. Always float32, autocast or
+        not: in fp16/bf16 the expansion cancels to errors of ~0.06 near d = 0.
         """
         with torch.autocast(z.device.type, enabled=False):
             z, prototypes = z.float(), self.prototype_vectors.float()
             x2 = F.conv2d(z * z, self.ones.float())  # (B, m, H, W) sum_d z^2
             p2 = (prototypes**2).sum(dim=(1, 2, 3)).view(-1, 1, 1)  # (m, 1, 1)
             xp = F.conv2d(z, prototypes)  # (B, m, H, W)
-            return F.relu(x2 - 2 * xp + p2)
+            return F.relu(x2 + (-2 * xp + p2))
 
     def similarity(self, distances: torch.Tensor) -> torch.Tensor:
         """Official log activation log((d + 1) / (d + eps))."""

@@ -14,9 +14,20 @@ import torch
 from proto_lightning.prototypes.projection import Projection
 
 
+def term_caption(prototype: int, contribution: float) -> str:
+    """How every figure and listing names a "this looks like that" term: `p2: +0.31 for` or
+    `p0: -0.12 against` (a negative term lowers the class's logit: it counts against the class)."""
+    side = "for" if contribution >= 0 else "against"
+    return f"p{prototype}: {contribution:+.2f} {side}"
+
+
 @dataclass
 class PrototypeExplanation:
-    """One image explained by one class's prototypes, ranked by contribution (largest first)."""
+    """One image explained by one class's prototypes, ranked by contribution (largest first).
+
+    A term with a negative contribution counts against the class: the image looks like that
+    prototype, and that lowers the logit (`against`). Its heatmap still shows where it responds.
+    """
 
     label: int  # the class explained (the prediction unless a target was given)
     logit: float
@@ -25,6 +36,18 @@ class PrototypeExplanation:
     heatmaps: torch.Tensor  # (k, H, W) where on the feature map each prototype responds
     upsampled: torch.Tensor  # (k, H0, W0) the heatmaps at the input size
     nearest: list[dict[str, Any]]  # (k,) the training patch each prototype is shown as
+
+    @property
+    def against(self) -> torch.Tensor:
+        """(k,) bool: which terms lower the class's logit (count against the class)."""
+        return self.contributions < 0
+
+    def terms(self) -> list[str]:
+        """The ranked terms as text, e.g. `p2: +0.31 for` / `p0: -0.12 against` (`term_caption`)."""
+        return [
+            term_caption(int(i), float(c))
+            for i, c in zip(self.prototype_index, self.contributions, strict=True)
+        ]
 
 
 @runtime_checkable

@@ -23,6 +23,7 @@ from proto_lightning.errors import (
     IncompatibleWeightsError,
     MissingArtifactError,
 )
+from proto_lightning.metrics.part_consistency import PROTOCOLS, metric_label
 from proto_lightning.models import BlackBoxClassifier, BlackBoxNet
 from proto_lightning.models.adapters import (
     Preprocessing,
@@ -163,11 +164,8 @@ def require_push_images(datamodule) -> None:
         )
 
 
-def import_blackbox(
-    cfg: DictConfig, num_classes: int, run_dir: Path, class_names: list[str]
-) -> BlackBoxNet | None:
-    """With `blackbox=<name> blackbox_weights=<file>`: the user's classifier (frozen), also written as
-    the black-box checkpoint `<run>/blackbox.ckpt`, which becomes `cfg.blackbox_ckpt`; else None."""
+def require_blackbox_settings(cfg: DictConfig) -> None:
+    """One black box, named completely: a checkpoint, or a classifier's name and weight file."""
     if cfg.get("blackbox") is None:
         if cfg.get("blackbox_ckpt") is None:
             raise ConfigValueError(
@@ -175,7 +173,7 @@ def import_blackbox(
                 "blackbox`>, or your own classifier as blackbox=<torchvision or timm name> "
                 "blackbox_weights=<state-dict file>"
             )
-        return None
+        return
     if cfg.get("blackbox_ckpt") is not None:
         raise ConfigValueError("give blackbox_ckpt=<checkpoint> or blackbox=<name>, not both")
     if cfg.get("blackbox_weights") is None:
@@ -183,6 +181,16 @@ def import_blackbox(
             f"blackbox={cfg.blackbox} needs blackbox_weights=<its state-dict file>; a randomly "
             "initialised classifier has nothing to explain"
         )
+
+
+def import_blackbox(
+    cfg: DictConfig, num_classes: int, run_dir: Path, class_names: list[str]
+) -> BlackBoxNet | None:
+    """With `blackbox=<name> blackbox_weights=<file>`: the user's classifier (frozen), also written as
+    the black-box checkpoint `<run>/blackbox.ckpt`, which becomes `cfg.blackbox_ckpt`; else None."""
+    require_blackbox_settings(cfg)
+    if cfg.get("blackbox") is None:
+        return None
     classifier = import_classifier(
         cfg.blackbox,
         cfg.blackbox_weights,
@@ -253,7 +261,9 @@ class DecomposeSettings:
 
     @classmethod
     def of(cls, cfg: DictConfig) -> DecomposeSettings:
-        """Check and build them; also refuse a named file that does not exist."""
+        """Check and build them; also refuse an incomplete black box or a named file that does not
+        exist."""
+        require_blackbox_settings(cfg)
         for key in ("blackbox_ckpt", "blackbox_weights"):
             if cfg.get(key) is not None and not Path(cfg[key]).is_file():
                 raise MissingArtifactError(f"{key}={cfg[key]}: no such file")
@@ -514,7 +524,11 @@ def reported_metrics(cfg: DictConfig) -> set[str]:
     """Every metric name the stage reports with this config, known before it runs (see `objective`)."""
     reported = set(DECOMPOSE_METRICS)
     if cfg.callbacks.get("faithfulness") is not None:
-        reported |= {f"test/{name}" for name in FAITHFULNESS_METRICS}
+        reported |= {
+            f"test/{metric_label(name, protocol)}"
+            for name in FAITHFULNESS_METRICS
+            for protocol in PROTOCOLS
+        }
     if cfg.get("evaluate_after", False):
         reported |= metric_names(EVALUATED_METHODS)
     return reported

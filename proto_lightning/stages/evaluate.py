@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from proto_lightning.config import resolved_container
 from proto_lightning.distributed import barrier, contiguous_share, gather_images, launch
@@ -24,7 +24,12 @@ from proto_lightning.evaluation.figures import (
     curves_figure,
     explanation_figure,
 )
-from proto_lightning.evaluation.methods import OWN_MODELS, ROW_NAMES, build_explainers
+from proto_lightning.evaluation.methods import (
+    OWN_MODELS,
+    ROW_NAMES,
+    VARIANT_ROW_NAMES,
+    build_explainers,
+)
 from proto_lightning.evaluation.report import write_report
 from proto_lightning.evaluation.scores import (
     Faithfulness,
@@ -45,9 +50,15 @@ from proto_lightning.explainers import (
     PrototypeExplainer,
 )
 from proto_lightning.metrics.bootstrap import Estimate, bootstrap_estimate, mean_estimate
-from proto_lightning.metrics.part_consistency import PROTOCOLS, region_half_size
+from proto_lightning.metrics.part_consistency import (
+    PROTOCOLS,
+    metric_label,
+    part_protocol,
+    region_half_size,
+)
 from proto_lightning.metrics.part_peaks import defining_parts_found, on_part_share
 from proto_lightning.prototypes.boxes import high_activation_box
+from proto_lightning.prototypes.network import term_caption
 from proto_lightning.stages.common import (
     StageResult,
     build,
@@ -131,7 +142,7 @@ def protopnet_terms(
                 explainer.model, datamodule, j // k, j % k
             )
             patch = pushed[y0:y1, x0:x1]
-        out.append(PrototypeTerm(None, box, patch, f"p{j}: {float(terms[j]):+.2f} to logit"))
+        out.append(PrototypeTerm(None, box, patch, term_caption(j, float(terms[j]))))
     return out
 
 
@@ -148,7 +159,7 @@ def posthoc_terms(
         if explainer.model.projection is not None:
             pushed, (y0, y1, x0, x1) = nearest_patch_image(explainer.model, datamodule, label, i)
             patch = pushed[y0:y1, x0:x1]
-        caption = f"p{i}: {float(explanation.contributions[rank]):+.2f} to logit"
+        caption = term_caption(i, float(explanation.contributions[rank]))
         out.append(PrototypeTerm(explanation.upsampled[rank].numpy(), None, patch, caption))
     return out
 
@@ -214,6 +225,12 @@ def measure(
     return measured
 
 
+def prediction_scores(explainer: Explainer):
+    """What a method predicts with: its `predictor` where it predicts otherwise than the argmax of the
+    probabilities it is scored on (KMEx: the nearest prototype), else its classifier."""
+    return getattr(explainer, "predictor", explainer.classifier)
+
+
 def measure_method(
     key: str, explainer: Explainer, models: Models, data: TestImages, datamodule, cfg, device
 ) -> tuple[ResultRow, Faithfulness, torch.Tensor]:
@@ -225,7 +242,9 @@ def measure_method(
     pred = data.blackbox_pred
     if own_model:
         pred = gather_images(
-            predict(explainer.classifier, data.loader, device)[0] if len(data.share) else None
+            predict(prediction_scores(explainer), data.loader, device)[0]
+            if len(data.share)
+            else None
         )
     values = {
         "accuracy": estimate(pred == data.labels),
@@ -244,14 +263,6 @@ def measure_method(
     if key == "posthoc":  # in float32, the precision of the table's published figures
         values["head_error"] = exact(models.posthoc.relative_head_error(torch.float32))
     return ResultRow(explainer.name, values), curves, heatmaps
-
-
-def require_protocol(protocol: str) -> None:
-    """Refuse an unknown consistency/stability protocol before any work."""
-    if protocol not in PROTOCOLS:
-        raise ConfigValueError(
-            f"evaluation.parts.protocol={protocol!r}: choose one of {', '.join(PROTOCOLS)}"
-        )
 
 
 def prototype_scores(
@@ -360,13 +371,14 @@ def report(
     rows = measured.rows
     logger = build(cfg.logger)
     logger.log_hyperparams(resolved_container(cfg))
-    results_csv = write_csv(rows, run_dir / "results.csv")
+    protocol = cfg.evaluation.parts.protocol
+    results_csv = write_csv(rows, run_dir / "results.csv", protocol)
     notes = table_notes(cfg, datamodule, data, models, run_dir)
     claim = claim_note(cfg.get("paper_claims"), rows, cfg.evaluation.parts.protocol)
     if claim is not None:
         log.info(claim)
         notes.append(claim)
-    results_md = write_markdown(rows, run_dir / "results.md", notes)
+    results_md = write_markdown(rows, run_dir / "results.md", notes, protocol)
     figures = write_figures(
         run_dir / "figures",
         datamodule,
@@ -381,10 +393,14 @@ def report(
     confusion = run_dir / "figures" / "confusion_matrix.png"
     figures.append(confusion_figure(confusion, data.labels, data.blackbox_pred, class_names))
     logger.log_metrics(
-        {f"eval/{row.method}/{key}": e.value for row in rows for key, e in row.values.items()}
+        {
+            f"eval/{row.method}/{metric_label(key, protocol)}": e.value
+            for row in rows
+            for key, e in row.values.items()
+        }
     )
     if hasattr(logger, "log_table"):  # W&B: the same table key in every run, so runs line up
-        data_rows = [list(r.flat().values()) for r in rows]
+        data_rows = [[*r.flat().values(), protocol] for r in rows]  # columns() ends with it
         logger.log_table(key="evaluation/results", columns=columns(), data=data_rows)
         captions = [p.stem for p in figures]
         logger.log_image(
@@ -401,7 +417,7 @@ def report(
         "figures": run_dir / "figures",
         "report.html": page,
     }
-    return StageResult("evaluate", run_dir, artifacts, headline_metrics(rows))
+    return StageResult("evaluate", run_dir, artifacts, headline_metrics(rows, protocol))
 
 
 def run_evaluate(cfg: DictConfig) -> StageResult:
@@ -411,7 +427,12 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
     Under DDP (`trainer=ddp`, `ddp_cpu`) every rank measures a contiguous share of the images, the
     per-image values are gathered in image order, and rank 0 computes the table and writes it.
     """
-    require_protocol(cfg.evaluation.parts.protocol)
+    with open_dict(
+        cfg
+    ):  # auto resolved (or reference refused) for the data's size, before any work
+        cfg.evaluation.parts.protocol = part_protocol(
+            cfg.evaluation.parts.protocol, cfg.data.image_size
+        )
     run_dir, datamodule = start_run(cfg)
     datamodule.setup("test")
     defining_part_ids(cfg.evaluation.parts.defining_parts, list(datamodule.records.part_names))
@@ -422,9 +443,12 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
     for model in models.networks():
         model.to(device).eval()
     data = test_images(datamodule, models.blackbox, cfg, rank, world, device)
-    explainers = build_explainers(models, cfg.evaluation, cfg.seed)
+    normalisation = (datamodule.mean, datamodule.std)
+    explainers = build_explainers(models, cfg.evaluation, cfg.seed, normalisation)
     measured = measure(explainers, models, data, datamodule, cfg, device)
-    result = StageResult("evaluate", run_dir, metrics=headline_metrics(measured.rows))
+    result = StageResult(
+        "evaluate", run_dir, metrics=headline_metrics(measured.rows, cfg.evaluation.parts.protocol)
+    )
     if rank == 0:  # rank 0 writes and logs the one table; every rank returns the same metrics
         result = report(cfg, run_dir, datamodule, models, explainers, data, measured)
     barrier()
@@ -442,10 +466,11 @@ HEADLINE = (
 )
 
 
-def headline_metrics(rows: list[ResultRow]) -> dict[str, float]:
-    """`<method>/<metric>` of the table's headline columns: what the stage reports (and a sweep reads)."""
+def headline_metrics(rows: list[ResultRow], protocol: str) -> dict[str, float]:
+    """`<method>/<metric>` of the table's headline columns: what the stage reports (and a sweep
+    reads); a part metric's key names a protocol other than the reference's (`metric_label`)."""
     return {
-        f"{row.method}/{key}": row.values[key].value
+        f"{row.method}/{metric_label(key, protocol)}": row.values[key].value
         for row in rows
         for key in HEADLINE
         if key in row.values
@@ -453,9 +478,16 @@ def headline_metrics(rows: list[ResultRow]) -> dict[str, float]:
 
 
 def metric_names(methods: list[str]) -> set[str]:
-    """Every metric name an evaluation of `methods` can report (a method's row may lack some)."""
+    """Every metric name an evaluation of `methods` can report (a method's row may lack some), under
+    either protocol."""
     rows = ["black box", *(ROW_NAMES[m] for m in methods if m in ROW_NAMES)]
-    return {f"{row}/{key}" for row in rows for key in HEADLINE}
+    rows += [name for m in methods for name in VARIANT_ROW_NAMES.get(m, [])]
+    return {
+        f"{row}/{metric_label(key, protocol)}"
+        for row in rows
+        for key in HEADLINE
+        for protocol in PROTOCOLS
+    }
 
 
 def reported_metrics(cfg: DictConfig) -> set[str]:
