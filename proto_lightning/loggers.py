@@ -1,9 +1,11 @@
 """The stages' loggers: Lightning's CSV logger, except that a run resumed in its own folder keeps its
-rows; and which of them is W&B."""
+rows; which of them is W&B; and how figures go to it."""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
+from pathlib import Path
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
@@ -39,3 +41,10 @@ class ResumableCSVLogger(CSVLogger):
 def is_wandb(logger: Logger | None) -> bool:
     """Whether the logger is W&B (it alone takes images and tables)."""
     return isinstance(logger, WandbLogger)
+
+
+def log_figures(logger: Logger, prefix: str, paths: Sequence[Path]) -> None:
+    """Each figure under its own key `<prefix>/<file stem>`: W&B warns about (and rescales) images
+    of different sizes logged under one key."""
+    for path in paths:
+        logger.log_image(key=f"{prefix}/{path.stem}", images=[str(path)])

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from proto_lightning.evaluation.drawing import draw_prototype_grid, overlay, to_uint8
-from proto_lightning.loggers import is_wandb
+from proto_lightning.loggers import is_wandb, log_figures
 from proto_lightning.prototypes.network import PrototypeNetwork
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,7 @@ class PrototypeGalleryCallback(L.Callback):
         ]
         log.info("prototype gallery written to %s", self.out_dir)
         if is_wandb(trainer.logger):
-            trainer.logger.log_image(
-                key="gallery", images=[str(p) for p in paths], caption=[p.stem for p in paths]
-            )
+            log_figures(trainer.logger, "gallery", paths)
 
     def _tile(self, array: np.ndarray) -> Image.Image:
         return Image.fromarray(array).resize((self.tile, self.tile), Image.BILINEAR)

@@ -6,23 +6,16 @@ only numpy and PIL, starts without torch and Lightning (`make-dataset` in 7 s in
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from proto_lightning.lazy import lazy_names
 
 _SOURCES = {
-    "CUB200DataModule": "datamodule",
-    "ImageFolderDataModule": "datamodule",
-    "PartDataModule": "datamodule",
-    "ImageRecords": "records",
-    "read_cub_layout": "records",
-    "read_image_folders": "records",
+    "CUB200DataModule": ".datamodule",
+    "ImageFolderDataModule": ".datamodule",
+    "PartDataModule": ".datamodule",
+    "ImageRecords": ".records",
+    "read_cub_layout": ".records",
+    "read_image_folders": ".records",
 }
 
-__all__ = sorted(_SOURCES)
 
-
-def __getattr__(name: str) -> Any:
-    """Import a public name's module when the name is first used."""
-    if name not in _SOURCES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_SOURCES[name]}"), name)
+__getattr__, __all__ = lazy_names(__name__, _SOURCES)

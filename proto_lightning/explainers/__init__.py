@@ -6,25 +6,18 @@ LIME or Lightning (the post-hoc network and the Python facade need only its `to_
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from proto_lightning.lazy import lazy_names
 
 _SOURCES = {
-    "Explainer": "base",
-    "PrototypeExplainer": "base",
-    "to_input_size": "base",
-    "GradCAMExplainer": "gradcam",
-    "LimeExplainer": "lime",
-    "KMExExplainer": "prototypes",
-    "PostHocExplainer": "prototypes",
-    "ProtoPNetExplainer": "prototypes",
+    "Explainer": ".base",
+    "PrototypeExplainer": ".base",
+    "to_input_size": ".base",
+    "GradCAMExplainer": ".gradcam",
+    "LimeExplainer": ".lime",
+    "KMExExplainer": ".prototypes",
+    "PostHocExplainer": ".prototypes",
+    "ProtoPNetExplainer": ".prototypes",
 }
 
-__all__ = sorted(_SOURCES)
 
-
-def __getattr__(name: str) -> Any:
-    """Import a public name's module when the name is first used."""
-    if name not in _SOURCES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_SOURCES[name]}"), name)
+__getattr__, __all__ = lazy_names(__name__, _SOURCES)

@@ -12,14 +12,12 @@ import lightning as L
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
-from proto_lightning.models.blackbox_net import BlackBoxNet
 from proto_lightning.models.posthoc_network import (
     ARTIFACT_FORMAT,
     READABLE_FORMATS,
     IncompatibleArtifactError,
     PostHocNetwork,
 )
-from proto_lightning.prototypes.projection import Projection
 
 __all__ = [
     "ARTIFACT_FORMAT",
@@ -32,15 +30,9 @@ __all__ = [
 class PostHocPrototypeNetwork(PostHocNetwork, L.LightningModule):
     """`PostHocNetwork` with Lightning's validation and test steps (accuracy, agreement)."""
 
-    def __init__(
-        self,
-        blackbox: BlackBoxNet,
-        prototypes: torch.Tensor,
-        bias: torch.Tensor,
-        projection: Projection | None = None,
-        extras: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(blackbox, prototypes, bias, projection, extras)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """`PostHocNetwork`'s arguments (blackbox, prototypes, bias, projection, extras)."""
+        super().__init__(*args, **kwargs)
         C = self.num_classes
         self.metrics = torch.nn.ModuleDict(
             {

@@ -49,6 +49,7 @@ from proto_lightning.explainers import (
     ProtoPNetExplainer,
     PrototypeExplainer,
 )
+from proto_lightning.loggers import log_figures
 from proto_lightning.metrics.bootstrap import Estimate, bootstrap_estimate, mean_estimate
 from proto_lightning.metrics.part_consistency import (
     PROTOCOLS,
@@ -402,10 +403,7 @@ def report(
     if hasattr(logger, "log_table"):  # W&B: the same table key in every run, so runs line up
         data_rows = [[*r.flat().values(), protocol] for r in rows]  # columns() ends with it
         logger.log_table(key="evaluation/results", columns=columns(), data=data_rows)
-        captions = [p.stem for p in figures]
-        logger.log_image(
-            key="evaluation/figures", images=[str(p) for p in figures], caption=captions
-        )
+        log_figures(logger, "evaluation/figures", figures)
     finish_logging(logger)
     config_yaml = OmegaConf.to_yaml(resolved_container(cfg))
     title = f"proto-lightning evaluation: {run_dir.name}"
