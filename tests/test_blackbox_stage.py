@@ -130,13 +130,15 @@ def test_test_stage_refuses_bad_checkpoints(stage_config, tmp_path: Path):
         run_test(stage_config("test", f"ckpt_path={other}"))
 
 
-def test_wandb_logger_runs_offline(stage_config):
+def test_wandb_logger_runs_offline(stage_config, capfd):
     cfg = stage_config(
         "blackbox", "logger=wandb", "run_test=false", "trainer.limit_train_batches=1"
     )
     result = run_blackbox(cfg)
     runs = list((result.run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+    printed = capfd.readouterr()
+    assert "anonymous" not in printed.out + printed.err  # W&B's warning on Lightning's argument
 
 
 def test_demo_chains_the_stages(tiny_demo):
