@@ -185,5 +185,5 @@ def test_factorise_chooses_semi_nmf_exactly_when_a_feature_is_negative():
     )
     with pytest.raises(ValueError, match="negative values"):
         factorise(signed, 3, "nmf")
-    with pytest.raises(ValueError, match="must be one of"):
+    with pytest.raises(ValueError, match="model.nmf.method=.pca. is not one of auto, nmf, seminmf"):
         factorise(signed, 3, "pca")

@@ -22,6 +22,7 @@ from proto_lightning.data.transforms import (
     KeypointImageTransform,
 )
 from proto_lightning.errors import ConfigValueError, CorruptImageError
+from proto_lightning.settings import require_choice
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,7 @@ class PartDataModule(L.LightningDataModule):
         cache_images: bool = False,
     ) -> None:
         super().__init__()
-        if on_corrupt not in ON_CORRUPT:
-            raise ValueError(f"data.on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
+        require_choice(on_corrupt, ON_CORRUPT, "data.on_corrupt")
         self.root = Path(root)
         self.image_size = image_size
         self.crop_to_bbox = crop_to_bbox
@@ -215,7 +215,7 @@ class ImageFolderDataModule(PartDataModule):
 
     def __init__(self, root: str | Path, **kwargs) -> None:
         if kwargs.get("crop_to_bbox"):
-            raise ValueError(
+            raise ConfigValueError(
                 "ImageFolderDataModule has no bounding boxes: set data.crop_to_bbox=false"
             )
         super().__init__(root, **kwargs)

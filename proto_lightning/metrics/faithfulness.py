@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
+from proto_lightning.errors import ConfigValueError
+
 Model = Callable[[torch.Tensor], torch.Tensor]  # images (B, 3, H, W) -> logits (B, C)
 SUBSTRATES = ("zero", "blur", "gaussian", "mean")
 MODES = ("deletion", "insertion")
@@ -68,7 +70,10 @@ def substrate(images: torch.Tensor, kind: str) -> torch.Tensor:
         return TF.gaussian_blur(images, kernel_size=[11, 11], sigma=[5.0, 5.0])
     if kind == "mean":
         return images.mean(dim=(2, 3), keepdim=True).expand_as(images).contiguous()
-    raise ValueError(f"unknown substrate {kind!r}; choose one of {SUBSTRATES}")
+    raise ConfigValueError(
+        f"unknown substrate {kind!r} (evaluation.faithfulness.deletion_substrate / "
+        f"insertion_substrate); choose one of {SUBSTRATES}"
+    )
 
 
 def step_counts(num_pixels: int, steps: int) -> torch.Tensor:

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
+from proto_lightning.errors import ConfigValueError
+from proto_lightning.settings import require_choice
+
 EPS = 1e-12
 
 
@@ -158,11 +161,10 @@ def factorise(
 ) -> NMFResult:
     """NMF, or semi-NMF for signed features: `method` auto (semi-NMF when F has a negative value),
     nmf or seminmf."""
-    if method not in METHODS:
-        raise ValueError(f"model.nmf.method must be one of {METHODS}, got {method!r}")
+    require_choice(method, METHODS, "model.nmf.method")
     signed = bool((F < 0).any())
     if method == "nmf" and signed:
-        raise ValueError(
+        raise ConfigValueError(
             "model.nmf.method=nmf needs non-negative features, but this black box's have negative "
             "values (e.g. after a LayerNorm, GELU or SiLU): use method=auto or seminmf"
         )

@@ -154,8 +154,7 @@ def merge_nearest(candidates: list[Projection]) -> Projection:
 
 
 def _use_gpu(device: str) -> bool:
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"projection device must be auto, cpu or cuda, got {device!r}")
+    require_choice(device, DEVICES, "model.projection.device")
     gpus = load_faiss().get_num_gpus()  # 0 in a CPU-only build
     if device == "cuda" and gpus == 0:
         log.warning("projection.device=cuda but FAISS sees no GPU: using CPU indexes")
@@ -190,8 +189,7 @@ class NearestPatchIndex:
     ) -> None:
         """`device` auto/cuda place the indexes on GPU `gpu` (default: this process's, i.e. the
         DDP rank's own) when FAISS sees one; cpu keeps them in host memory."""
-        if metric not in METRICS:
-            raise ValueError(f"projection metric must be one of {METRICS}, got {metric!r}")
+        require_choice(metric, METRICS, "model.projection.metric")
         self.dim, self.metric = dim, metric
         self.gpu = _use_gpu(device)
         self._gpu_id = (gpu if gpu is not None else _this_process_gpu()) if self.gpu else None

@@ -59,8 +59,9 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def start_run(cfg: DictConfig) -> tuple[Path, PartDataModule]:
-    """Seed everything, create the run folder, build the datamodule and record the resolved config."""
+def start_run(cfg: DictConfig, unused: tuple[str, ...] = ()) -> tuple[Path, PartDataModule]:
+    """Seed everything, create the run folder, build the datamodule and record the resolved config
+    (without the `unused` groups, which the shared defaults bring but the stage never reads)."""
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -68,13 +69,14 @@ def start_run(cfg: DictConfig) -> tuple[Path, PartDataModule]:
     if "model" in cfg and "num_classes" in cfg.model:
         with open_dict(cfg):
             cfg.model.num_classes = datamodule.num_classes
-    _write_config(cfg, run_dir)
+    _write_config(cfg, run_dir, unused)
     return run_dir, datamodule
 
 
 @rank_zero_only
-def _write_config(cfg: DictConfig, run_dir: Path) -> None:
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+def _write_config(cfg: DictConfig, run_dir: Path, unused: tuple[str, ...]) -> None:
+    used = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in unused])
+    (run_dir / "config.yaml").write_text(to_yaml(used))
     log.info("resolved config written to %s", run_dir / "config.yaml")
 
 

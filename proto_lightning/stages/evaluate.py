@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from proto_lightning.config import resolved_container
 from proto_lightning.distributed import barrier, contiguous_share, gather_images, launch
-from proto_lightning.errors import ConfigValueError
+from proto_lightning.errors import ConfigKeyError, ConfigValueError
 from proto_lightning.evaluation.artifacts import Models, load_models, locate
 from proto_lightning.evaluation.drawing import draw_prototype_grid, nearest_patch_image, to_uint8
 from proto_lightning.evaluation.figures import (
@@ -49,8 +49,10 @@ from proto_lightning.explainers import (
     ProtoPNetExplainer,
     PrototypeExplainer,
 )
+from proto_lightning.explainers.lime import VARIANTS as LIME_VARIANTS
 from proto_lightning.loggers import log_figures
 from proto_lightning.metrics.bootstrap import Estimate, bootstrap_estimate, mean_estimate
+from proto_lightning.metrics.faithfulness import SUBSTRATES
 from proto_lightning.metrics.part_consistency import (
     PROTOCOLS,
     metric_label,
@@ -60,6 +62,7 @@ from proto_lightning.metrics.part_consistency import (
 from proto_lightning.metrics.part_peaks import defining_parts_found, on_part_share
 from proto_lightning.prototypes.boxes import high_activation_box
 from proto_lightning.prototypes.network import term_caption
+from proto_lightning.settings import require_choice
 from proto_lightning.stages.common import (
     StageResult,
     build,
@@ -418,6 +421,22 @@ def report(
     return StageResult("evaluate", run_dir, artifacts, headline_metrics(rows, protocol))
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Every evaluation setting, before any model is read: the methods, the substrates, LIME's
+    variant; the part protocol resolved for the data's size (`auto`) or refused (`part_protocol`)."""
+    settings = cfg.evaluation
+    unknown = [m for m in settings.methods if m not in ROW_NAMES]
+    if unknown:
+        raise ConfigKeyError(
+            f"evaluation.methods names {unknown}; known methods: {sorted(ROW_NAMES)}"
+        )
+    for key in ("deletion_substrate", "insertion_substrate"):
+        require_choice(settings.faithfulness[key], SUBSTRATES, f"evaluation.faithfulness.{key}")
+    require_choice(settings.lime.variant, LIME_VARIANTS, "evaluation.lime.variant")
+    with open_dict(cfg):  # auto resolved for the data's size, or reference refused there
+        settings.parts.protocol = part_protocol(settings.parts.protocol, cfg.data.image_size)
+
+
 def run_evaluate(cfg: DictConfig) -> StageResult:
     """Evaluate every method on the test split; write results.md/.csv and figures/, log them:
     locate and load -> share the images -> explain and measure -> tabulate, draw and log (rank 0).
@@ -425,13 +444,8 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
     Under DDP (`trainer=ddp`, `ddp_cpu`) every rank measures a contiguous share of the images, the
     per-image values are gathered in image order, and rank 0 computes the table and writes it.
     """
-    with open_dict(
-        cfg
-    ):  # auto resolved (or reference refused) for the data's size, before any work
-        cfg.evaluation.parts.protocol = part_protocol(
-            cfg.evaluation.parts.protocol, cfg.data.image_size
-        )
-    run_dir, datamodule = start_run(cfg)
+    check_config(cfg)
+    run_dir, datamodule = start_run(cfg, unused=("callbacks",))
     datamodule.setup("test")
     defining_part_ids(cfg.evaluation.parts.defining_parts, list(datamodule.records.part_names))
     models = load_models(locate(cfg), datamodule.num_classes, cfg.trust_file)
