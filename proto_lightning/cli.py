@@ -57,7 +57,8 @@ STAGES = {
         "quick-start: every stage on the generated part dataset",
     ),
 }
-STAGES_WITH_CHECKS = ("decompose", "evaluate")  # modules with a `check_config(cfg)` (they load torch)
+# stage modules with a `check_config(cfg)`, run before a run folder exists (they load torch)
+STAGES_WITH_CHECKS = ("decompose", "evaluate")
 TOOLS = {
     "make-dataset": "write the generated part dataset in the CUB-200-2011 layout",
     "runs": "list run folders (default runs/) as finished, failed (with the error) or unfinished",

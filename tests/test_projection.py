@@ -182,7 +182,9 @@ def test_gpu_placement_follows_the_device_setting_and_the_rank(monkeypatch, capl
     assert "no GPU" not in caplog.text  # auto on a CPU machine is the normal case: no warning
     assert not NearestPatchIndex(4, device="cuda").gpu
     assert "projection.device=cuda but FAISS sees no GPU" in caplog.text
-    with pytest.raises(ValueError, match="model.projection.device=.gpu. is not one of auto, cpu, cuda"):
+    with pytest.raises(
+        ValueError, match="model.projection.device=.gpu. is not one of auto, cpu, cuda"
+    ):
         NearestPatchIndex(4, device="gpu")
 
 
