@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -199,6 +200,11 @@ def test_each_mistake_is_one_line_early_and_leaves_nothing_that_looks_like_a_res
             assert "run failed" in next(folder.glob("*.log")).read_text().splitlines()[-1], name
 
 
+def decompose_r18(files: dict[str, Path], *overrides: str) -> list[str]:
+    """`decompose` of the 4-class ResNet-18 state dict, with `overrides`."""
+    return ["decompose", "blackbox=resnet18", f"blackbox_weights={files['r18']}", *overrides]
+
+
 def test_main_from_python_returns_the_result_and_raises_the_typed_error(
     files, tmp_path, monkeypatch
 ):
@@ -207,31 +213,14 @@ def test_main_from_python_returns_the_result_and_raises_the_typed_error(
     monkeypatch.setattr("sys.argv", argv)
     overrides = [*fast_overrides(files["data"], tmp_path / "run"), "callbacks.faithfulness=null"]
     result = main(
-        [
-            "decompose",
-            "blackbox=resnet18",
-            f"blackbox_weights={files['r18']}",
-            "model.prototypes_per_class=1",
-            "callbacks.gallery=null",
-            *overrides,
-        ]
+        decompose_r18(files, "model.prototypes_per_class=1", "callbacks.gallery=null", *overrides)
     )
-    import sys
-
     assert sys.argv is argv and sys.argv == ["python", "untouched"]
     assert result.artifacts["artifact"].is_file()
     assert result.metrics["test/agreement"] == 1.0
     assert (result.run_dir / "FINISHED").is_file()
     with pytest.raises(ConfigValueError, match="Did you mean: paper"):
-        main(
-            [
-                "decompose",
-                "blackbox=resnet18",
-                f"blackbox_weights={files['r18']}",
-                "model.refinement.objective=papr",
-                *overrides,
-            ]
-        )
+        main(decompose_r18(files, "model.refinement.objective=papr", *overrides))
     with pytest.raises(ConfigKeyError, match="unknown experiment"):
         main(["blackbox", "experiment=nope", *overrides])
     assert sys.argv is argv
@@ -248,16 +237,9 @@ def test_a_refinement_objective_typo_is_refused_before_any_image_is_read(
     monkeypatch.setattr("proto_lightning.stages.decompose.collect_features", spy)
     monkeypatch.setattr("proto_lightning.data.dataset.decode_image", spy)
     monkeypatch.chdir(tmp_path)
+    typo = "model.refinement.objective=heatmap_cos"
     with pytest.raises(ConfigValueError, match="model.refinement.objective='heatmap_cos'"):
-        main(
-            [
-                "decompose",
-                "blackbox=resnet18",
-                f"blackbox_weights={files['r18']}",
-                "model.refinement.objective=heatmap_cos",
-                *fast_overrides(files["data"], tmp_path / "run"),
-            ]
-        )
+        main(decompose_r18(files, typo, *fast_overrides(files["data"], tmp_path / "run")))
     assert not (tmp_path / "run").exists()  # refused before Hydra made the run folder
 
 

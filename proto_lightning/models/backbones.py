@@ -49,8 +49,6 @@ class FeatureBackbone(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H0, W0) -> feature map (B, D, H, W)."""
-        if x.dim() == 3:  # one image without its batch dimension
-            x = x[None]
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.body(x).contiguous()
