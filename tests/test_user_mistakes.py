@@ -17,6 +17,8 @@ import torchvision
 
 from proto_lightning.cli import main
 from proto_lightning.errors import ConfigKeyError, ConfigValueError
+from proto_lightning.models.blackbox import OPTIMIZER_DEFAULTS, BlackBoxClassifier
+from proto_lightning.models.imported import save_as_checkpoint
 from tests.helpers import VENV_BIN, fast_overrides
 
 C = 4  # the tiny dataset's classes
@@ -49,6 +51,8 @@ def files(parts_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     paths = {name: root / f"{name}.pt" for name in made}
     for name, content in made.items():
         torch.save(content, paths[name])
+    r18_blackbox = BlackBoxClassifier({"name": "resnet18"}, C, OPTIMIZER_DEFAULTS)
+    paths["r18_ckpt"] = save_as_checkpoint(r18_blackbox, root / "r18.ckpt", root / "r18.pt")
     torch.save(r18, root / "whole.pt")  # a whole pickled model
     paths["whole"] = root / "whole.pt"
     corrupt = root / "corrupt"
@@ -137,6 +141,10 @@ def case_arguments(files: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
                 "blackbox_kwargs={global_pool: avg, depth: 1}",
             ],
             "img_size in blackbox=",
+        ),
+        "ProtoPNet from another backbone": (
+            ["protopnet", f"model.init_from_blackbox={files['r18_ckpt']}"],
+            "choose the same model/backbone",
         ),
         "objective typo": (
             [

@@ -251,7 +251,7 @@ class ProtoPNet(L.LightningModule):
         ).net.backbone
         if source.name != self.net.backbone.name:
             raise IncompatibleWeightsError(
-                f"init_from_blackbox={blackbox_ckpt} has backbone {source.name!r}, this ProtoPNet "
+                f"model.init_from_blackbox={blackbox_ckpt} has backbone {source.name!r}, this ProtoPNet "
                 f"{self.net.backbone.name!r}: choose the same model/backbone"
             )
         self.net.backbone.load_state_dict(source.state_dict())
