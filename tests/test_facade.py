@@ -253,3 +253,20 @@ def test_explaining_before_fit_says_to_fit():
     model, _, _ = make("resnet18")
     with pytest.raises(NotFittedError, match="fit"):
         PostHocPPN(model).explain(torch.rand(1, 3, 64, 64))
+
+
+def test_labels_outside_the_heads_classes_are_refused_before_factorising():
+    """Label 3 for a 3-class head (0..2): refused naming both, on either feature path."""
+    from proto_lightning.errors import ConfigValueError
+
+    model, _, size = make("resnet18")
+    x = images_and_labels(size).tensors[0][:6]
+    for labels in (torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([0, 1, 2, -1, 0, 1])):
+        data = TensorDataset(x, labels)
+        for dataset in (data, NoLabels(data)):  # labels listed, or known from the batches only
+            with pytest.raises(ConfigValueError, match=r"head has 3 classes \(0\.\.2\)"):
+                PostHocPPN(model, prototypes_per_class=1).fit(DataLoader(dataset, 3))
+    ok = PostHocPPN(model, prototypes_per_class=1).fit(
+        DataLoader(TensorDataset(x, torch.tensor([0, 1, 2, 2, 0, 1])), 3)
+    )
+    assert ok.prototypes.shape[:2] == (3, 1)  # 0 and C - 1 are in range

@@ -337,6 +337,8 @@ def test_the_protocol_is_chosen_for_the_input_size_and_named_in_the_keys():
     from proto_lightning.stages.evaluate import headline_metrics
 
     assert part_protocol("auto", 224) == "reference" and part_protocol("auto", 96) == "scaled"
+    assert part_protocol("reference", 224) == "reference"  # chosen on purpose where it fits
+    assert part_protocol("scaled", 96) == "scaled" and part_protocol("scaled", 224) == "scaled"
     with pytest.raises(ConfigValueError, match="protocol=reference keeps EvalProtoPNet's 36 px"):
         part_protocol("reference", 96)
     row = [ResultRow("Post-hoc PPN", {"consistency": Estimate(0.6, 0.5, 0.7)})]

@@ -207,3 +207,47 @@ def test_all_reduce_takes_each_querys_nearest_over_the_ranks(monkeypatch):
 
     monkeypatch.setattr(projection, "dist", TwoRanks)
     assert all_reduce_nearest(mine).rows.tolist() == [1, 2]
+
+
+def test_projection_settings_default_as_the_config_and_refuse_bad_values():
+    """The facade's defaults are conf/model/posthoc.yaml's; a typo or an impossible percentile is
+    refused naming the key."""
+    from omegaconf import OmegaConf
+
+    from proto_lightning.config import CONF_DIR
+    from proto_lightning.errors import ConfigValueError
+    from proto_lightning.prototypes.projection import ProjectionSettings
+
+    conf = OmegaConf.load(CONF_DIR / "model" / "posthoc.yaml").projection
+    assert ProjectionSettings() == ProjectionSettings(**conf)
+    with pytest.raises(ConfigValueError, match="model.projection.metric='cos'"):
+        ProjectionSettings(metric="cos")
+    with pytest.raises(ConfigValueError, match="model.projection.device='gpu'"):
+        ProjectionSettings(device="gpu")
+    for percentile in (-0.5, 100.5):
+        with pytest.raises(ConfigValueError, match="within 0..100"):
+            ProjectionSettings(high_activation_percentile=percentile)
+    assert ProjectionSettings(high_activation_percentile=100).high_activation_percentile == 100
+    assert ProjectionSettings(high_activation_percentile=0).high_activation_percentile == 0
+
+
+def test_an_unrestricted_projection_can_land_on_the_first_patch():
+    """Row 0 of the store is searched too: a prototype equal to it is projected onto it."""
+    from proto_lightning.prototypes.features import FeatureStore
+    from proto_lightning.prototypes.projection import project_prototypes
+
+    generator = np.random.RandomState(0)
+    features = generator.rand(12, 4).astype(np.float32)
+    store = FeatureStore(
+        features=features,
+        rows=np.arange(12),
+        image_ids=np.arange(12) + 1,
+        locations=np.zeros((12, 2), dtype=np.int64),
+        labels=np.repeat([0, 1], 6),
+        offsets=np.array([0, 6, 12]),
+        map_size=(1, 1),
+    )
+    prototypes = torch.from_numpy(features[[0, 6]]).view(2, 1, 4)  # the first patch of each class
+    for restricted in (False, True):
+        found = project_prototypes(store, prototypes, "l2", restricted, "cpu")
+        assert found.rows.tolist() == [0, 6] and np.allclose(found.distances, 0)

@@ -74,6 +74,7 @@ def test_a_negative_term_is_labelled_as_counting_against(tmp_path, monkeypatch):
 
     assert term_caption(2, 0.314) == "p2: +0.31 for"
     assert term_caption(0, -0.12) == "p0: -0.12 against"
+    assert term_caption(1, 0.0) == "p1: +0.00 for"  # a zero term lowers nothing
     titles = []
     show = figures._show
     monkeypatch.setattr(
@@ -96,4 +97,6 @@ def test_a_negative_term_is_labelled_as_counting_against(tmp_path, monkeypatch):
         0, 1.0, torch.tensor([1, 0]), torch.tensor([0.5, -0.2]), None, None, [{}, {}]
     )
     assert explained.against.tolist() == [False, True]
+    zero = PrototypeExplanation(0, 0.0, torch.tensor([0]), torch.tensor([0.0]), None, None, [{}])
+    assert zero.against.tolist() == [False] and zero.terms() == ["p0: +0.00 for"]
     assert explained.terms() == ["p1: +0.50 for", "p0: -0.20 against"]
