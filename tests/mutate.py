@@ -168,6 +168,10 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
     (P + "boxes.py", 25, "2 -> 3"): "the support of a gradient does not depend on how many random "
     "probes measure it (2 already rule out a cancellation)",
     (P + "boxes.py", 26, "0 -> 1"): "as for the number of probes: any random probe",
+    (P + "boxes.py", 27, "1.0 -> 2.0"): "a probe scale only has to switch some units on: 2 does "
+    "as 1 does",
+    (P + "boxes.py", 27, "1000.0 -> 2000.0"): "a large probe scale only has to outweigh the "
+    "biases: 2000 does as 1000 does",
     (
         P + "boxes.py",
         49,
