@@ -22,7 +22,7 @@ from torch import nn
 
 from proto_lightning.atomic import atomic_torch_save
 from proto_lightning.errors import ConfigValueError
-from proto_lightning.models.adapters import check_probe, split_classifier
+from proto_lightning.models.adapters import ClassifierParts, check_probe, split_classifier
 from proto_lightning.models.backbones import FeatureBackbone, torchvision_classifier_names
 from proto_lightning.models.blackbox import OPTIMIZER_DEFAULTS, BlackBoxClassifier
 from proto_lightning.models.files import (
@@ -92,9 +92,10 @@ def classifier_model(
     return _build(name, first, num_classes, kwargs if first == "timm" else {}), first
 
 
-def _split(name: str, library: str, model: nn.Module) -> tuple[FeatureBackbone, nn.Linear]:
+def _split(
+    name: str, library: str, model: nn.Module, parts: ClassifierParts
+) -> tuple[FeatureBackbone, nn.Linear]:
     """A loaded classifier (ours, built here) -> (our feature body, its linear classifier)."""
-    parts = split_classifier(model, name=name)
     if library == "timm":
         model.reset_classifier(0)  # our own copy: the body keeps everything before the classifier
         body, channels = timm_body(model, name)
@@ -118,7 +119,8 @@ def import_classifier(
     kwargs = timm_model_kwargs(kwargs)
     state = read_state_dict(Path(weights), trust_file)
     model, library = classifier_model(name, state, num_classes, kwargs)
-    head = split_classifier(model, name=name).head  # refuses an MLP or class-token head first
+    parts = split_classifier(model, name=name)  # refuses an MLP or class-token head first
+    head = parts.head
     key = _head_key(model, head)
     if key in state and state[key].shape[0] != num_classes:
         require_class_count(
@@ -131,8 +133,8 @@ def import_classifier(
         )
     settings = f"blackbox={name} (and blackbox_kwargs)"
     load_state_dict_checked(model, state, Path(weights), settings=settings)
-    check_probe(model.eval(), split_classifier(model, name=name), probe_size(model))
-    backbone, head = _split(name, library, model)
+    check_probe(model.eval(), parts, probe_size(model))
+    backbone, head = _split(name, library, model, parts)
     spec = {"name": name, "library": library, "weights": None, "kwargs": kwargs}
     classifier = BlackBoxClassifier(spec, num_classes, OPTIMIZER_DEFAULTS)
     classifier.net.backbone.load_state_dict(backbone.state_dict())
