@@ -91,7 +91,7 @@ def test_heatmap_cosine_objective_by_hand():
     prototypes = alpha[:, None] * P + torch.from_numpy(beta)[:, None] * r  # (3, 12)
     heatmaps = Fm @ prototypes.T  # (50, 3)
     by_hand = (1 - F.cosine_similarity(heatmaps, E, dim=0)).mean()
-    assert np.isclose(HeatmapCosine(Fm, E, P, alpha, r)(beta), float(by_hand))
+    assert np.isclose(HeatmapCosine.of_features(Fm, E, P, alpha, r)(beta), float(by_hand))
 
 
 def test_refinement_keeps_the_sum_and_never_loses_to_the_even_split():
@@ -120,7 +120,7 @@ def test_sum_to_one_constraint_stays_within_its_bound():
 
 
 def test_single_prototype_takes_the_whole_residual():
-    objective = HeatmapCosine(
+    objective = HeatmapCosine.of_features(
         torch.rand(10, 5), torch.rand(10, 1), torch.rand(1, 5), torch.ones(1), torch.rand(5)
     )
     assert refine_beta(objective, 1, RefinementSettings()).tolist() == [1.0]
@@ -152,7 +152,7 @@ def test_nelder_mead_starts_at_the_even_split_within_the_bounds(constraint, mini
     """The search starts from beta = 1/k and, under `sum_to_one`, keeps |b_i| <= beta_bound."""
     seen = minimize_spy
     torch.manual_seed(0)
-    objective = HeatmapCosine(
+    objective = HeatmapCosine.of_features(
         torch.rand(30, 6), torch.rand(30, 3), torch.rand(3, 6), torch.rand(3), torch.randn(6)
     )
     refine_beta(objective, 3, RefinementSettings(constraint=constraint, beta_bound=0.7))
@@ -240,7 +240,7 @@ def test_paper_objective_by_hand():
     P, R = torch.rand(3, D), torch.randn(D)
     beta, shift = np.array([0.5, 0.2, 0.3]), np.array([0.3, -0.6, 0.1])
     r = residual_split(torch.from_numpy(beta), torch.from_numpy(shift), P.double(), R.double())
-    value = NormalisedHeatmaps(F, hw, P, R)(beta, shift)
+    value = NormalisedHeatmaps.of_features(F, hw, P, R)(beta, shift)
     assert np.isclose(value, paper_objective_by_hand(F, hw, P, r))
     # the zero image contributes ||0 - 0||^2 = 0 to each of its k terms
     assert np.isclose(
@@ -252,7 +252,9 @@ def test_paper_objective_is_blind_to_beta_without_the_shift():
     """Under r_i = beta_i R alone, Norm(F beta_i R) = sign(beta_i) Norm(F R): J is the same at every
     point of the simplex, so Nelder-Mead over beta alone could not move; only a sign changes it."""
     torch.manual_seed(6)
-    objective = NormalisedHeatmaps(torch.rand(5 * 9, 8), 9, torch.rand(3, 8), torch.randn(8))
+    objective = NormalisedHeatmaps.of_features(
+        torch.rand(5 * 9, 8), 9, torch.rand(3, 8), torch.randn(8)
+    )
     still = np.zeros(3)
     even = objective(np.full(3, 1 / 3), still)
     for beta in np.random.default_rng(0).dirichlet(np.ones(3), size=5):
@@ -290,7 +292,9 @@ def test_paper_search_starts_at_the_even_split_within_the_bounds(constraint, min
     """2k - 1 free variables: beta's k - 1 (as for heatmap_cosine), then s_1..s_k from 0 within +-shift_bound."""
     seen = minimize_spy
     torch.manual_seed(0)
-    objective = NormalisedHeatmaps(torch.rand(4 * 9, 6), 9, torch.rand(3, 6), torch.randn(6))
+    objective = NormalisedHeatmaps.of_features(
+        torch.rand(4 * 9, 6), 9, torch.rand(3, 6), torch.randn(6)
+    )
     settings = RefinementSettings(
         objective="paper", constraint=constraint, beta_bound=0.7, shift_bound=0.4
     )
@@ -308,9 +312,9 @@ def test_paper_split_of_one_prototype_is_the_residual_and_of_two_is_searched():
     and beats the even split on random data."""
     torch.manual_seed(1)
     settings = RefinementSettings(objective="paper")
-    one = NormalisedHeatmaps(torch.rand(4 * 9, 6), 9, torch.rand(1, 6), torch.randn(6))
+    one = NormalisedHeatmaps.of_features(torch.rand(4 * 9, 6), 9, torch.rand(1, 6), torch.randn(6))
     beta, shift = refine_split(one, 1, settings)
     assert beta.tolist() == [1.0] and shift.tolist() == [0.0]
-    two = NormalisedHeatmaps(torch.rand(4 * 9, 6), 9, torch.rand(2, 6), torch.randn(6))
+    two = NormalisedHeatmaps.of_features(torch.rand(4 * 9, 6), 9, torch.rand(2, 6), torch.randn(6))
     beta, shift = refine_split(two, 2, settings)
     assert two(beta, shift) < two(np.full(2, 0.5), np.zeros(2))

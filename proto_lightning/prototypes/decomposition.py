@@ -45,7 +45,7 @@ import torch
 from scipy.optimize import minimize
 
 from proto_lightning.errors import ConfigValueError
-from proto_lightning.prototypes.features import FeatureStore
+from proto_lightning.prototypes.features import ClassBatch, FeatureStore
 from proto_lightning.prototypes.nmf import METHODS, factorise
 from proto_lightning.settings import require_choice
 
@@ -97,30 +97,68 @@ def least_squares_alpha(P: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     return (torch.linalg.pinv(A) @ V.double().unsqueeze(-1)).squeeze(-1)
 
 
+@dataclass
+class ClassMaps:
+    """One class's heatmaps on its own training patches (float64, on the CPU): all that refinement
+    and projection need once the class's features F_c are released (`class_maps`)."""
+
+    A: torch.Tensor  # (N, k) f_j . p_i, the NMF bases' heatmaps
+    g: torch.Tensor  # (N,) f_j . R, the residual's
+    sq: torch.Tensor  # (N,) ||f_j||^2
+    E: torch.Tensor  # (N, k) the NMF part maps
+    patches_per_image: int  # H W
+
+    @property
+    def images(self) -> int:
+        """n_c, the class's images."""
+        return len(self.g) // self.patches_per_image
+
+
+def class_maps(
+    F: torch.Tensor,
+    E: torch.Tensor,
+    P: torch.Tensor,
+    R: torch.Tensor,
+    patches_per_image: int,
+    chunk: int = 16384,
+) -> ClassMaps:
+    """The heatmaps of a class's features F (N, D) (on any device) under its bases P (k, D) and
+    residual R (D,), computed in float64 in chunks of rows (no float64 copy of F), kept on the CPU."""
+    B = torch.cat([P.double(), R[None].double()]).to(F.device).T  # (D, k + 1)
+    maps = torch.cat([f.double() @ B for f in F.split(chunk)]) if len(F) else F.new_zeros(0, 1)
+    sq = torch.cat([f.double().pow(2).sum(1) for f in F.split(chunk)]) if len(F) else F.new_zeros(0)
+    maps = maps.cpu()
+    return ClassMaps(maps[:, :-1], maps[:, -1], sq.cpu(), E.cpu().double(), patches_per_image)
+
+
 class HeatmapCosine:
     """J(beta) = mean_i (1 - cos(alpha_i A_i + beta_i g, E_i)) with A = F P^T, g = F r, from inner products.
 
     All k x k statistics are precomputed once, so one evaluation costs O(k) and Nelder-Mead is cheap.
     """
 
-    def __init__(
-        self,
-        F: torch.Tensor,
-        E: torch.Tensor,
-        P: torch.Tensor,
-        alpha: torch.Tensor,
-        r: torch.Tensor,
-    ) -> None:
-        F, E, P = F.double(), E.double(), P.double()
-        A = F @ P.T  # (N, k) heatmaps of the bases
-        g = F @ r.double()  # (N,) heatmap of the residual
-        self.alpha = alpha.double().numpy()
+    def __init__(self, maps: ClassMaps, alpha: torch.Tensor) -> None:
+        """From a class's heatmaps (`class_maps`) and alpha (k,)."""
+        A, g, E = maps.A, maps.g, maps.E  # (N, k), (N,), (N, k)
+        self.alpha = alpha.double().cpu().numpy()
         self.AE = (A * E).sum(0).numpy()  # (k,)
         self.gE = (g[:, None] * E).sum(0).numpy()
         self.AA = (A * A).sum(0).numpy()
         self.Ag = (A * g[:, None]).sum(0).numpy()
         self.gg = float(g @ g)
         self.EE = np.sqrt((E * E).sum(0).numpy())
+
+    @classmethod
+    def of_features(
+        cls,
+        F: torch.Tensor,
+        E: torch.Tensor,
+        P: torch.Tensor,
+        alpha: torch.Tensor,
+        r: torch.Tensor,
+    ) -> HeatmapCosine:
+        """From the class's features F (N, D), part maps E (N, k), bases P, alpha and residual r."""
+        return cls(class_maps(F, E, P, r, 1), alpha)
 
     def __call__(self, beta: np.ndarray) -> float:
         a = self.alpha
@@ -149,28 +187,72 @@ def residual_split(
     return beta.unsqueeze(-1) * (R.unsqueeze(-2) - moved.sum(-2, keepdim=True)) + moved
 
 
+def split_weights(beta: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """W (k, k + 1): r_i of `residual_split` is W_i . (R, m^_1, .., m^_k) with m^_j = ||R|| p_j / ||p_j||,
+    W_i = (beta_i, s_i e_i - beta_i s)."""
+    return np.concatenate([beta[:, None], np.diag(shift) - np.outer(beta, shift)], 1)
+
+
+def basis_maps(maps: ClassMaps, P: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """M (N, k + 1), the heatmaps of (R, m^_1, .., m^_k) (`split_weights`) from a class's maps; a
+    dead base (p_j = 0) has a zero map."""
+    P, R = P.double().cpu(), R.double().cpu()
+    norms = P.norm(dim=1)  # (k,)
+    scale = torch.where(norms > 0, R.norm() / norms.clamp_min(1e-300), torch.zeros_like(norms))
+    return torch.cat([maps.g[:, None], maps.A * scale], 1)
+
+
+def prototype_heatmaps(
+    maps: ClassMaps,
+    P: torch.Tensor,
+    R: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    shift: torch.Tensor,
+) -> torch.Tensor:
+    """f_j . p~_i (N, k) on the class's training patches, p~_i = alpha_i p_i + r_i, from its maps
+    (float64): what the projection ranks once the features are gone."""
+    W = torch.from_numpy(split_weights(beta.double().numpy(), shift.double().numpy()))  # (k, k + 1)
+    return maps.A * alpha.double() + basis_maps(maps, P, R) @ W.T
+
+
 class NormalisedHeatmaps:
     """J(beta, s) = mean over images and i of ||Norm(F p_i) - Norm(F r_i)||^2 (the `paper` objective).
 
     Norm divides a heatmap by its L2 norm over one image's H W patches (a zero heatmap stays zero).
-    F r_i combines the k + 1 maps of B = (R, ||R|| p_1 / ||p_1||, ..) with the weights
-    W_i = (beta_i, s_i e_i - beta_i s) of `residual_split`, so those maps and the normalised targets
-    are computed once and one evaluation is a (n H W, k + 1) x (k + 1, k) product.
+    F r_i combines the k + 1 maps M = F (R, ||R|| p_1 / ||p_1||, ..)^T with the weights
+    W_i = (beta_i, s_i e_i - beta_i s) of `residual_split`, and with T_i = Norm(F p_i):
+        ||T_i - Norm(M W_i)||^2 = ||T_i||^2 + [M W_i != 0] - 2 T_i . M W_i / ||M W_i||,
+    where, per image n, ||M_n W_i||^2 = W_i G_n W_i^T (G_n = M_n^T M_n, (k+1, k+1)) and
+    T_ni . M_n W_i = (T_n^T M_n)_i . W_i. Those per-image statistics are computed once, so an
+    evaluation costs O(n k^3) instead of O(n H W k^2): H W times less, whatever the map size.
     """
 
-    def __init__(
-        self, F: torch.Tensor, patches_per_image: int, P: torch.Tensor, R: torch.Tensor
-    ) -> None:
-        F, P, R = F.double(), P.double(), R.double()
-        n = F.shape[0] // patches_per_image
-        B = torch.cat([R[None], R.norm() * unit_rows(P)])  # (k + 1, D)
-        self.maps = (F @ B.T).reshape(n, patches_per_image, -1).numpy()  # (n, HW, k + 1)
-        self.targets = normalise((F @ P.T).reshape(n, patches_per_image, -1).numpy())  # (n, HW, k)
+    def __init__(self, maps: ClassMaps, P: torch.Tensor, R: torch.Tensor) -> None:
+        """From a class's heatmaps (`class_maps`), its bases P (k, D) and residual R (D,)."""
+        n, hw, k = maps.images, maps.patches_per_image, maps.A.shape[1]
+        M = basis_maps(maps, P, R).reshape(n, hw, k + 1)  # (n, HW, k + 1)
+        T = torch.from_numpy(normalise(maps.A.reshape(n, hw, k).numpy()))  # (n, HW, k)
+        self.gram = (M.transpose(1, 2) @ M).numpy()  # (n, k + 1, k + 1)
+        self.cross = (T.transpose(1, 2) @ M).numpy()  # (n, k, k + 1)
+        self.target_sq = (T * T).sum(1).numpy()  # (n, k): 1, or 0 for a zero heatmap
+
+    @classmethod
+    def of_features(
+        cls, F: torch.Tensor, patches_per_image: int, P: torch.Tensor, R: torch.Tensor
+    ) -> NormalisedHeatmaps:
+        """From the class's features F (n H W, D), its bases P (k, D) and residual R (D,)."""
+        E = F.new_zeros(len(F), len(P))
+        return cls(class_maps(F, E, P, R, patches_per_image), P, R)
 
     def __call__(self, beta: np.ndarray, shift: np.ndarray) -> float:
-        W = np.concatenate([beta[:, None], np.diag(shift) - np.outer(beta, shift)], 1)  # (k, k + 1)
-        heatmaps = normalise(self.maps @ W.T)  # (n, HW, k) Norm(F r_i)
-        return float(((self.targets - heatmaps) ** 2).sum(1).mean())
+        W = split_weights(beta, shift)  # (k, k + 1)
+        squared = np.einsum("ij,njl,il->ni", W, self.gram, W)  # (n, k) ||M W_i||^2
+        norm = np.sqrt(np.maximum(squared, 0.0))
+        dot = np.einsum("nij,ij->ni", self.cross, W)  # (n, k) T_i . M W_i
+        live = norm > 0
+        terms = self.target_sq + live - 2 * np.where(live, dot / np.where(live, norm, 1.0), 0.0)
+        return float(terms.mean())
 
 
 def normalise(heatmaps: np.ndarray) -> np.ndarray:
@@ -274,78 +356,69 @@ def _nelder_mead(fun, start: np.ndarray, bounds, settings: RefinementSettings) -
     ).x
 
 
-def decompose_head(
-    store: FeatureStore,
-    V: torch.Tensor,
+@dataclass
+class FactorisedBatch:
+    """A class batch after discovery and least squares: all that refinement and projection need,
+    its features already released (the heatmaps of `class_maps` stand in for them)."""
+
+    classes: list[int]
+    P: torch.Tensor  # (C_b, k, D) float64 NMF bases
+    alpha: torch.Tensor  # (C_b, k) float64
+    residual: torch.Tensor  # (C_b, D) float64 R = v_c - sum_i alpha_i p_i
+    nmf_objective: torch.Tensor  # (C_b,)
+    maps: list[ClassMaps]
+
+
+def factorise_batch(
+    F: torch.Tensor,
+    counts: Sequence[int],
+    V_b: torch.Tensor,
+    classes: Sequence[int],
     k: int,
-    nmf: NMFSettings = NMFSettings(),
-    refinement: RefinementSettings = RefinementSettings(),
+    patches_per_image: int,
+    settings: NMFSettings = NMFSettings(),
     seed: int = 0,
-    device: torch.device | str = "cpu",
-    batches: Sequence[int] | None = None,
-) -> HeadDecomposition:
-    """Discover (NMF), fit (least squares) and refine (residual distribution) k prototypes per class.
-
-    Classes are processed in batches of `nmf.classes_per_batch` (NMF batched over them, seeded per
-    batch); `batches` selects which batches to do (a DDP rank's share), None for all; the result
-    holds the selected classes, in order.
-    """
-    C, cpb = V.shape[0], nmf.classes_per_batch
-    parts = [
-        _decompose_batch(
-            store, V, range(first, min(C, first + cpb)), k, nmf, refinement, seed, device
-        )
-        for first in range(0, C, cpb)
-        if batches is None or first // cpb in batches
-    ]
-    return HeadDecomposition.concatenate(parts)
-
-
-def _decompose_batch(
-    store: FeatureStore,
-    V: torch.Tensor,
-    classes: range,
-    k: int,
-    nmf_settings: NMFSettings,
-    refinement: RefinementSettings,
-    seed: int,
-    device: torch.device | str,
-) -> HeadDecomposition:
-    """The decomposition of one NMF batch of consecutive classes."""
-    slices = [torch.from_numpy(np.asarray(store.class_slice(c))) for c in classes]
-    F = torch.zeros(len(slices), max(len(s) for s in slices), V.shape[1], device=device)
-    for i, s in enumerate(slices):  # (C_b, N_max, D), zero-padded
-        F[i, : len(s)] = s.to(device)
+) -> FactorisedBatch:
+    """Discovery (NMF, batched over the classes and seeded by the first class) and least squares
+    for a class batch F (C_b, N_max, D) on its device, zero-padded past counts[i] patches; V_b (C_b, D)."""
     found = factorise(
-        F,
-        k,
-        nmf_settings.method,
-        max_iter=nmf_settings.max_iter,
-        tol=nmf_settings.tol,
-        seed=seed + classes[0],
+        F, k, settings.method, max_iter=settings.max_iter, tol=settings.tol, seed=seed + classes[0]
     )
-    V_b = V[list(classes)].to(device)
+    V_b = V_b.to(F.device)
     alpha = least_squares_alpha(found.P, V_b)  # (C_b, k) float64
     residual = V_b.double() - (alpha.unsqueeze(-1) * found.P.double()).sum(1)  # (C_b, D)
-    hw = store.map_size[0] * store.map_size[1]
+    maps = [
+        class_maps(F[i, :n], found.E[i, :n], found.P[i], residual[i], patches_per_image)
+        for i, n in enumerate(int(n) for n in counts)
+    ]
+    return FactorisedBatch(
+        list(classes),
+        found.P.cpu().double(),
+        alpha.cpu(),
+        residual.cpu(),
+        found.objective.cpu().float(),
+        maps,
+    )
+
+
+def refine_batch(batch: FactorisedBatch, refinement: RefinementSettings) -> HeadDecomposition:
+    """Refinement of every class of a factorised batch (on the CPU, from its heatmaps): the
+    residual's split and the refined prototypes."""
+    k = batch.P.shape[1]
     beta, shift, even, refined = [], [], [], []
-    for i, c in enumerate(classes):
-        n = len(slices[i])
+    for i, c in enumerate(batch.classes):
         b, m, j_even, j_refined = _refine_class(
-            F[i, :n].cpu(),
-            found.E[i, :n].cpu(),
-            found.P[i].cpu(),
-            alpha[i].cpu(),
-            residual[i].cpu(),
-            hw,
-            k,
-            refinement,
+            batch.maps[i], batch.P[i], batch.alpha[i], batch.residual[i], k, refinement
         )
         beta.append(b), shift.append(m), even.append(j_even), refined.append(j_refined)
         log.debug(
-            "class %d: residual %.4g, J even %.4f -> %.4f", c, residual[i].norm(), j_even, j_refined
+            "class %d: residual %.4g, J even %.4f -> %.4f",
+            c,
+            batch.residual[i].norm(),
+            j_even,
+            j_refined,
         )
-    P, alpha, residual = found.P.cpu().double(), alpha.cpu(), residual.cpu()
+    P, alpha, residual = batch.P, batch.alpha, batch.residual
     beta, shift = torch.stack(beta), torch.stack(shift)  # (C_b, k)
     prototypes = alpha.unsqueeze(-1) * P + residual_split(beta, shift, P, residual)  # (C_b, k, D)
     return HeadDecomposition(
@@ -357,28 +430,57 @@ def _decompose_batch(
         residual_norm=residual.norm(dim=1).float(),
         objective_even=torch.tensor(even),
         objective_refined=torch.tensor(refined),
-        nmf_objective=found.objective.cpu().float(),
+        nmf_objective=batch.nmf_objective,
     )
 
 
+def decompose_head(
+    store: FeatureStore,
+    V: torch.Tensor,
+    k: int,
+    nmf: NMFSettings = NMFSettings(),
+    refinement: RefinementSettings = RefinementSettings(),
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    batches: Sequence[int] | None = None,
+) -> HeadDecomposition:
+    """Discover (NMF), fit (least squares) and refine (residual distribution) k prototypes per class
+    of a feature store.
+
+    Classes are processed in batches of `nmf.classes_per_batch` (NMF batched over them, seeded per
+    batch); `batches` selects which batches to do (a DDP rank's share), None for all; the result
+    holds the selected classes, in order. The streaming path (`prototypes.stream`) runs the same
+    two steps on batches read straight from the images.
+    """
+    C, cpb = V.shape[0], nmf.classes_per_batch
+    hw = store.map_size[0] * store.map_size[1]
+    parts = []
+    for first in range(0, C, cpb):
+        if batches is not None and first // cpb not in batches:
+            continue
+        classes = list(range(first, min(C, first + cpb)))
+        batch = ClassBatch.of_store(store, classes, device)
+        factorised = factorise_batch(batch.F, batch.counts, V[classes], classes, k, hw, nmf, seed)
+        parts.append(refine_batch(factorised, refinement))
+    return HeadDecomposition.concatenate(parts)
+
+
 def _refine_class(
-    F: torch.Tensor,
-    E: torch.Tensor,
+    maps: ClassMaps,
     P: torch.Tensor,
     alpha: torch.Tensor,
     R: torch.Tensor,
-    patches_per_image: int,
     k: int,
     settings: RefinementSettings,
 ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """One class's (beta, s) (k,) float64 and its objective at the even split and at the result."""
     even, still = np.full(k, 1.0 / k), np.zeros(k)
     if settings.objective == "paper":
-        paper = NormalisedHeatmaps(F, patches_per_image, P, R)
+        paper = NormalisedHeatmaps(maps, P, R)
         beta, shift = refine_split(paper, k, settings)
         scores = paper(even, still), paper(beta, shift)
     else:
-        cosine = HeatmapCosine(F, E, P, alpha, R)
+        cosine = HeatmapCosine(maps, alpha)
         beta, shift = refine_beta(cosine, k, settings), still
         scores = cosine(even), cosine(beta)
     return torch.from_numpy(beta), torch.from_numpy(shift), *scores

@@ -48,9 +48,11 @@ def random_init(F: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch
     The scale is sqrt(mean |F| / k) (scikit-learn's mean(F) / k for a non-negative F)."""
     C, N, D = F.shape
     generator = torch.Generator().manual_seed(seed)
-    rows = (F.abs().sum(-1, keepdim=True) > 0).to(F.dtype)  # (C, N, 1), 0 on padding
+    # reductions, never an |F| copy: a class batch may fill most of the device
+    l1 = torch.linalg.vector_norm(F, ord=1, dim=-1, keepdim=True)  # (C, N, 1)
+    rows = (l1 > 0).to(F.dtype)  # (C, N, 1), 0 on padding
     counts = rows.sum(1).clamp_min(1) * D  # (C, 1)
-    scale = torch.sqrt(F.abs().sum((1, 2)) / counts.squeeze(-1) / k).view(C, 1, 1)  # (C, 1, 1)
+    scale = torch.sqrt(l1.sum((1, 2)) / counts.squeeze(-1) / k).view(C, 1, 1)  # (C, 1, 1)
     E = torch.randn(C, N, k, generator=generator).abs().to(F) * scale * rows
     P = torch.randn(C, k, D, generator=generator).abs().to(F) * scale
     return E, P
@@ -58,7 +60,7 @@ def random_init(F: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch
 
 def objective(F: torch.Tensor, E: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
     """0.5 ||F - E P||_F^2 per batch element, computed without forming E P: (C,)."""
-    FtF = (F * F).sum((1, 2))
+    FtF = torch.linalg.vector_norm(F, dim=(1, 2)) ** 2  # no F * F copy
     cross = ((E.transpose(1, 2) @ F) * P).sum((1, 2))  # trace(P^T E^T F)
     quad = ((E.transpose(1, 2) @ E) * (P @ P.transpose(1, 2))).sum((1, 2))  # trace(E^T E P P^T)
     return 0.5 * (FtF - 2 * cross + quad)
@@ -99,7 +101,7 @@ def nmf(
     """Factorise every F[c] (N, D) >= 0 into E[c] (N, k) P[c] (k, D) by HALS; stop at relative change < tol."""
     if F.dim() == 2:
         F = F.unsqueeze(0)
-    if (F < 0).any():
+    if F.numel() and F.min() < 0:
         raise ValueError("NMF needs a non-negative matrix; are the features taken after a ReLU?")
     E, P = (t.clone() for t in init) if init is not None else random_init(F, k, seed)
     previous = objective(F, E, P)
@@ -162,7 +164,7 @@ def factorise(
     """NMF, or semi-NMF for signed features: `method` auto (semi-NMF when F has a negative value),
     nmf or seminmf."""
     require_choice(method, METHODS, "model.nmf.method")
-    signed = bool((F < 0).any())
+    signed = bool(F.numel() and F.min() < 0)
     if method == "nmf" and signed:
         raise ConfigValueError(
             "model.nmf.method=nmf needs non-negative features, but this black box's have negative "
