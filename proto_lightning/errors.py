@@ -38,3 +38,11 @@ class DatasetExistsError(ProtoLightningError, FileExistsError):
 
 class ConfigValueError(ProtoLightningError, ValueError):
     """A setting's value cannot work with the data or the run it is given; the message says the range."""
+
+
+class ResourceError(ProtoLightningError, RuntimeError):
+    """Not enough free memory or disk for the next step; the message says how much it needs and has."""
+
+
+class RankFailedError(ProtoLightningError, RuntimeError):
+    """Another DDP rank stopped with a mistake; every rank stops with its message instead of waiting."""

@@ -52,7 +52,11 @@ FACADE = "tests/test_facade.py"  # the Python facade's tests: fast ones on the s
 # module -> (the functions / names to mutate, None for the whole module; the tests that cover it)
 TARGETS: dict[str, tuple[set[str] | None, list[str]]] = {
     "proto_lightning/prototypes/nmf.py": (None, ["tests/test_nmf.py"]),
-    "proto_lightning/prototypes/decomposition.py": (None, ["tests/test_decomposition.py"]),
+    "proto_lightning/prototypes/decomposition.py": (
+        None,
+        ["tests/test_decomposition.py", "tests/test_stream.py"],
+    ),
+    "proto_lightning/prototypes/stream.py": (None, ["tests/test_stream.py"]),
     "proto_lightning/prototypes/projection.py": (None, ["tests/test_projection.py"]),
     "proto_lightning/prototypes/boxes.py": (
         None,
@@ -65,6 +69,7 @@ TARGETS: dict[str, tuple[set[str] | None, list[str]]] = {
         None,
         [
             "tests/test_features.py",
+            "tests/test_stream.py",
             f"{FACADE}::test_a_dataset_without_a_label_list_gives_the_same_prototypes",
             f"{FACADE}::test_labels_outside_the_heads_classes_are_refused_before_factorising",
         ],

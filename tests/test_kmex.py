@@ -12,8 +12,8 @@ from proto_lightning.errors import ConfigValueError, IncompatibleWeightsError
 from proto_lightning.explainers import KMExExplainer
 from proto_lightning.models import BlackBoxNet
 from proto_lightning.models.kmex import KMExNetwork
-from proto_lightning.prototypes.features import FeatureStore
-from proto_lightning.prototypes.kmeans import KMeansSettings, class_centres, image_embeddings
+from proto_lightning.prototypes.features import ClassBatch, FeatureStore
+from proto_lightning.prototypes.kmeans import KMeansSettings, centres_of, image_embeddings
 
 # two classes, four images each, D = 2; each image's embedding is the mean of its two patches
 EMBEDDINGS = {
@@ -51,15 +51,16 @@ def network_with_d2(prototypes: torch.Tensor) -> KMExNetwork:
 
 
 def test_the_image_embeddings_are_the_means_of_their_patches():
-    embeddings = image_embeddings(hand_store())
-    expected = np.array([z for points in EMBEDDINGS.values() for z in points])
-    assert np.allclose(embeddings.features, expected, atol=1e-6)
-    assert embeddings.labels.tolist() == [0] * 4 + [1] * 4
-    assert embeddings.offsets.tolist() == [0, 4, 8]
+    embeddings = image_embeddings(ClassBatch.of_store(hand_store(), [0, 1], "cpu"))
+    for c in (0, 1):
+        assert np.allclose(embeddings[c], np.array(EMBEDDINGS[c]), atol=1e-6)
 
 
 def test_two_class_example_worked_by_hand():
-    centres = class_centres(image_embeddings(hand_store()), [0, 1], KMeansSettings(2, 10, 300), 0)
+    embeddings = image_embeddings(ClassBatch.of_store(hand_store(), [0, 1], "cpu"))
+    centres = torch.stack(
+        [centres_of(embeddings[c], c, KMeansSettings(2, 10, 300), 0) for c in (0, 1)]
+    )
     for c in (0, 1):  # k-means' order of the clusters is arbitrary: compare sorted by the first
         found = sorted(map(tuple, centres[c].tolist()))
         assert np.allclose(found, sorted(CENTRES[c]), atol=1e-5)
@@ -79,7 +80,7 @@ def test_two_class_example_worked_by_hand():
 
 def test_a_class_with_fewer_images_than_prototypes_is_refused():
     with pytest.raises(ConfigValueError, match="class 0 has 4 training images, fewer than"):
-        class_centres(image_embeddings(hand_store()), [0], KMeansSettings(5), 0)
+        centres_of(np.array(EMBEDDINGS[0]), 0, KMeansSettings(5), 0)
 
 
 def test_the_prototype_maps_are_the_similaritys_gradient_times_input():

@@ -76,42 +76,6 @@ def test_bad_metric_is_refused():
         NearestPatchIndex(4, metric="cosine")
 
 
-@pytest.mark.parametrize("restricted", [False, True])
-def test_decompose_projection_one_class_index_at_a_time_equals_brute_force(restricted: bool):
-    from proto_lightning.prototypes.features import FeatureStore
-    from proto_lightning.prototypes.projection import project_prototypes
-
-    features, labels, rows, image_ids, locations = patches(seed=2)
-    order = np.argsort(labels, kind="stable")  # the store is class-ordered
-    counts = np.bincount(labels, minlength=5)  # class 4 has no images: an empty slot
-    store = FeatureStore(
-        features[order],
-        rows[order],
-        image_ids[order],
-        locations[order],
-        labels[order],
-        np.concatenate([[0], np.cumsum(counts)]),
-        (3, 3),
-    )
-    prototypes = torch.from_numpy(
-        np.maximum(np.random.default_rng(3).standard_normal((5, 2, 16)), 0).astype(np.float32)
-    )
-    found = project_prototypes(store, prototypes, "l2", restricted, "cpu", chunk=30)
-    query_classes = np.repeat(np.arange(5), 2)
-    best = brute_force(
-        prototypes.reshape(10, 16).numpy(),
-        store.features,
-        store.labels,
-        query_classes if restricted else None,
-        "l2",
-    )
-    has_patches = np.isfinite(best.values.numpy())
-    winners = best.indices.numpy()[has_patches]
-    assert (found.rows[has_patches] == store.rows[winners]).all()
-    assert (found.locations[has_patches] == store.locations[winners]).all()
-    assert (found.rows[~has_patches] == -1).all() and has_patches.sum() == (8 if restricted else 10)
-
-
 def test_queries_without_a_candidate_get_the_empty_answer_and_single_queries_are_searched():
     """Class 2 has no patch: its query keeps row/image/location/label -1 and distance inf. Class 0's
     single query is searched like any other; vectors come back only when asked for."""
@@ -232,22 +196,12 @@ def test_projection_settings_default_as_the_config_and_refuse_bad_values():
 
 
 def test_an_unrestricted_projection_can_land_on_the_first_patch():
-    """Row 0 of the store is searched too: a prototype equal to it is projected onto it."""
-    from proto_lightning.prototypes.features import FeatureStore
-    from proto_lightning.prototypes.projection import project_prototypes
-
-    generator = np.random.RandomState(0)
-    features = generator.rand(12, 4).astype(np.float32)
-    store = FeatureStore(
-        features=features,
-        rows=np.arange(12),
-        image_ids=np.arange(12) + 1,
-        locations=np.zeros((12, 2), dtype=np.int64),
-        labels=np.repeat([0, 1], 6),
-        offsets=np.array([0, 6, 12]),
-        map_size=(1, 1),
-    )
-    prototypes = torch.from_numpy(features[[0, 6]]).view(2, 1, 4)  # the first patch of each class
-    for restricted in (False, True):
-        found = project_prototypes(store, prototypes, "l2", restricted, "cpu")
+    """Row 0 of the index is searched too: a prototype equal to it is projected onto it."""
+    features = np.random.RandomState(0).rand(12, 4).astype(np.float32)
+    index = NearestPatchIndex(4, "l2")
+    labels = np.repeat([0, 1], 6)
+    index.add(features, labels, np.arange(12), np.arange(12) + 1, np.zeros((12, 2), np.int64))
+    queries = features[[0, 6]]  # the first patch of each class
+    for classes in (None, np.array([0, 1])):
+        found = index.search(queries, classes)
         assert found.rows.tolist() == [0, 6] and np.allclose(found.distances, 0)

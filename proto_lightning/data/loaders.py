@@ -9,12 +9,12 @@ again from the dataset (or from the image file, when the dataset names one: `ima
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, SequentialSampler, Subset
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,11 @@ def sequential_loader(loader: DataLoader) -> DataLoader:
     )
 
 
-def dict_batches(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
-    """The loader's batches as dicts; `(images, labels, ...)` tuples get rows numbered in order."""
+def dict_batches(
+    loader: Iterable, rows: np.ndarray | None = None
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The loader's batches as dicts; `(images, labels, ...)` tuples get rows numbered in order
+    (`rows[i]` for the i-th item when the loader reads those dataset items)."""
     seen = 0
     for batch in loader:
         if isinstance(batch, Mapping):
@@ -48,10 +51,30 @@ def dict_batches(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
                 f"'label'; got a {type(batch).__name__}"
             )
         n = len(out["image"])
-        out.setdefault("row", torch.arange(seen, seen + n))
+        numbered = (
+            torch.arange(seen, seen + n) if rows is None else torch.as_tensor(rows[seen:][:n])
+        )
+        out.setdefault("row", numbered)
         out.setdefault("image_id", out["row"])
         seen += n
         yield out
+
+
+def class_loader(
+    loader: DataLoader, labels: np.ndarray, classes: Sequence[int]
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The dict batches of `loader`'s dataset items of `classes` only (`labels` the dataset's), in
+    dataset order, with the loader's batch size, workers and collation; rows are dataset indices."""
+    rows = np.flatnonzero(np.isin(labels, classes))
+    subset = DataLoader(
+        Subset(loader.dataset, rows.tolist()),
+        batch_size=loader.batch_size or 1,
+        shuffle=False,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+    )
+    return dict_batches(subset, rows)
 
 
 def dataset_labels(dataset: Dataset) -> np.ndarray | None:

@@ -30,8 +30,6 @@ from proto_lightning.settings import require_choice
 if TYPE_CHECKING:
     import faiss
 
-    from proto_lightning.prototypes.features import FeatureStore
-
 log = logging.getLogger(__name__)
 
 
@@ -305,48 +303,3 @@ def _as_float32(x: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", torch.float32).numpy()
     return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def _index_rows(
-    store: FeatureStore, rows: slice, metric: str, device: str, chunk: int
-) -> NearestPatchIndex:
-    """A FAISS index over some rows of the feature store, added in chunks."""
-    index = NearestPatchIndex(store.features.shape[1], metric=metric, device=device)
-    for start in range(rows.start, rows.stop, chunk):
-        s = slice(start, min(start + chunk, rows.stop))
-        index.add(
-            store.features[s],
-            store.labels[s],
-            store.rows[s],
-            store.image_ids[s],
-            store.locations[s],
-        )
-    return index
-
-
-def project_prototypes(
-    store: FeatureStore,
-    prototypes: torch.Tensor,
-    metric: str,
-    class_restricted: bool,
-    device: str,
-    chunk: int = 65536,
-) -> Projection:
-    """Nearest training patch of every prototype (C, k, D), streamed from the feature store in chunks.
-
-    Restricted to the prototype's class, one class's index exists at a time, so the index memory is
-    bounded by the largest class rather than the push set; otherwise one index holds every patch.
-    """
-    C, k, D = prototypes.shape
-    queries = prototypes.reshape(C * k, D)
-    if not class_restricted:
-        return _index_rows(store, slice(0, len(store.features)), metric, device, chunk).search(
-            queries
-        )
-    found = Projection.empty(C * k)
-    for c in range(C):
-        rows = slice(int(store.offsets[c]), int(store.offsets[c + 1]))
-        if rows.stop > rows.start:  # classes of other DDP ranks have empty slots
-            mine = np.arange(c * k, (c + 1) * k)
-            found.place(_index_rows(store, rows, metric, device, chunk).search(queries[mine]), mine)
-    return found
