@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= data/parts
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint dataset bench mutation clean
+.PHONY: demo test test-gpu install lint dataset bench mutation clean
 
 install: $(STAMP)
 
@@ -33,6 +33,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check proto_lightning tests benchmarks experiments
 	$(BIN)/ruff format --check proto_lightning tests benchmarks experiments
 	$(BIN)/hadolint docker/Dockerfile
+
+# On a machine with a CUDA device: the tests marked `gpu` (decompose, projection, ProtoPNet's push,
+# evaluate on the device) and the GPU benchmark of the streaming decompose, in one command.
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -m gpu
+	$(BIN)/python benchmarks/decompose_scale.py --device cuda
 
 # Every benchmark, one table of ratios at the end (BENCH_ARGS=--quick for the CI-sized run).
 bench: $(STAMP)

@@ -21,7 +21,7 @@ from proto_lightning.data.generate import make_dataset
 from proto_lightning.stages.decompose import run_decompose
 
 MODELS = {"ConvNeXt (convnext_pico)": "convnext_pico", "ResNet (resnet18)": "resnet18"}
-PARTS = ("features", "nmf+refinement", "projection")
+PARTS = ("features", "nmf", "refinement", "boxes")
 
 
 def decompose_seconds(

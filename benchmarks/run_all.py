@@ -15,7 +15,7 @@ SCRIPTS = (
     "projection.py",
     "faithfulness.py",
     "faithfulness_callback.py",
-    "decompose_memory.py",
+    "decompose_scale.py",
     "decompose_backbones.py",
 )
 

@@ -8,15 +8,19 @@ the command for rank 1 and joins a gloo group; under `trainer=ddp` / torchrun / 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields, is_dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.fabric import Fabric
 from lightning.fabric.strategies import DDPStrategy
+
+from proto_lightning.errors import ProtoLightningError, RankFailedError
+
+T = TypeVar("T")
 
 
 def _fabric_strategy(strategy: Any) -> Any:
@@ -43,6 +47,13 @@ def contiguous_share(n: int, rank: int, world: int) -> np.ndarray:
     return np.array_split(np.arange(n), world)[rank]
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes in the group ((0, 1) without one)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's `obj`, in rank order ([obj] without a process group)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -50,6 +61,26 @@ def gather_objects(obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def fail_together(work: Callable[[], T]) -> T:
+    """Run this rank's `work`; when any rank's raised a user mistake (`ProtoLightningError`), every
+    rank raises: the failing rank its own error, the others `RankFailedError` with its message, so
+    no rank waits on a collective the failed one never reaches. Every rank must call this the same
+    number of times."""
+    failure: ProtoLightningError | None = None
+    result = None
+    try:
+        result = work()
+    except ProtoLightningError as err:
+        failure = err
+    messages = gather_objects(None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    for rank, message in enumerate(messages):
+        if message is not None:
+            raise RankFailedError(f"rank {rank} stopped: {message}")
+    return result
 
 
 def barrier() -> None:

@@ -9,9 +9,9 @@ Construct -> fit -> explain, as captum's fitted explainers are used:
     ppn.heatmaps(images, targets)                    # (B, H, W), the explainer interface
     ppn.save("posthoc.pt"); PostHocPPN.load("posthoc.pt", model=model)
 
-The steps of `fit` are the ones the `decompose` stage runs (collect_features -> decompose_head ->
-project_prototypes -> posthoc_boxes -> PostHocNetwork); the stage adds configuration, DDP sharding,
-artifacts and logging. This module imports neither Hydra, W&B nor Lightning, and FAISS only when a
+The steps of `fit` are the ones the `decompose` stage runs (BatchPlan -> planned_batches ->
+decompose_stream -> posthoc_boxes -> PostHocNetwork); the stage adds
+configuration, DDP sharding, artifacts and logging. This module imports neither Hydra, W&B nor Lightning, and FAISS only when a
 fit projects the prototypes.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from proto_lightning.data.loaders import (
+    class_loader,
     dataset_labels,
     dict_batches,
     image_of,
@@ -48,9 +49,22 @@ from proto_lightning.models.blackbox_net import BlackBoxNet
 from proto_lightning.models.posthoc_network import PostHocNetwork, network_extras
 from proto_lightning.models.timm_backbones import probe_size
 from proto_lightning.prototypes.boxes import posthoc_boxes
-from proto_lightning.prototypes.decomposition import NMFSettings, RefinementSettings, decompose_head
-from proto_lightning.prototypes.features import collect_features
-from proto_lightning.prototypes.projection import ProjectionSettings, project_prototypes
+from proto_lightning.prototypes.decomposition import NMFSettings, RefinementSettings
+from proto_lightning.prototypes.features import (
+    SPILL_FILE,
+    ClassBatch,
+    collect_features,
+    require_labels_below,
+)
+from proto_lightning.prototypes.projection import ProjectionSettings
+from proto_lightning.prototypes.stream import (
+    BatchPlan,
+    BatchSettings,
+    StreamSteps,
+    decompose_stream,
+    feature_elements,
+    planned_batches,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +92,8 @@ class PostHocPPN(nn.Module):
             is False.
         nmf, refinement, projection: the steps' settings (defaults: the CLI's `conf/model/posthoc.yaml`).
         seed: seeds the factorisation.
-        ram_budget_gb: feature store size kept in RAM; above it the store is memory-mapped.
+        batches: how much of the features one class batch may hold on the device
+            (`max_batch_gb`) and how much memory and disk to leave free (`reserve_gb`).
 
     Raises:
         NotDecomposableError: the head is not linear on a spatial mean (the reason is named).
@@ -106,7 +121,7 @@ class PostHocPPN(nn.Module):
         refinement: RefinementSettings | None = None,
         projection: ProjectionSettings | None = None,
         seed: int = 0,
-        ram_budget_gb: float = 4.0,
+        batches: BatchSettings | None = None,
     ) -> None:
         super().__init__()
         if prototypes_per_class < 1:
@@ -122,7 +137,8 @@ class PostHocPPN(nn.Module):
         check_probe(model, parts, (size, size) if size else probe_size(model))
         self.family = parts.family
         self.blackbox = BlackBoxNet.of(parts.backbone, parts.head)
-        self.k, self.seed, self.ram_budget_gb = prototypes_per_class, seed, ram_budget_gb
+        self.k, self.seed = prototypes_per_class, seed
+        self.batches = batches or BatchSettings()
         self.nmf = nmf or NMFSettings()
         self.refinement = refinement or RefinementSettings()
         self.projection_settings = projection or ProjectionSettings()
@@ -158,45 +174,79 @@ class PostHocPPN(nn.Module):
     def fit(self, data: DataLoader | Any, spill_dir: str | Path | None = None) -> PostHocPPN:
         """Discover, refine and project the prototypes of every class from training data.
 
+        The classes are read and decomposed a batch of consecutive classes at a time, each batch's
+        features resident on the model's device (`batches.max_batch_gb` at most) and released
+        afterwards; nothing is written to disk.
+
         Args:
             data: a `DataLoader` of (images, labels) tuples or dict batches (shuffled ones are read
                 in order), or a `LightningDataModule` (its push/train split).
-            spill_dir: where a feature store over `ram_budget_gb` is memory-mapped (default: a
-                temporary folder, removed afterwards).
+            spill_dir: read every feature into a memory-mapped store in this folder first, then
+                decompose from it (for hosts short of memory; the file is removed afterwards).
 
         Returns:
             self, fitted: `self.network` holds the prototypes and their nearest training patches.
+
+        Example:
+            >>> # ppn = PostHocPPN(model, prototypes_per_class=3).fit(train_loader)
         """
         loader = self._loader(data)
         device = model_device(self.blackbox)
         V = self.blackbox.head.weight.detach().cpu()
+        steps = StreamSteps(
+            self.k, self.nmf, self.refinement, self.projection_settings, seed=self.seed
+        )
         with tempfile.TemporaryDirectory() as scratch:
-            store = collect_features(
-                self.blackbox.features,
-                dict_batches(loader),
-                dataset_labels(loader.dataset),
-                V.shape[0],
-                self.ram_budget_gb,
-                Path(spill_dir or scratch),
-                device,
-            )
-            decomposition = decompose_head(
-                store, V, self.k, self.nmf, self.refinement, self.seed, device
-            )
-            found = project_prototypes(
-                store,
-                decomposition.prototypes,
-                self.projection_settings.metric,
-                self.projection_settings.class_restricted,
-                self.projection_settings.device,
-            )
-        self.network = self._network(decomposition, found, store.map_size, loader.dataset, device)
+            try:
+                batches = self._batches(loader, V.shape[0], device, spill_dir, Path(scratch))
+                result = decompose_stream(batches, V, steps)
+            finally:
+                if spill_dir is not None:  # the store is scratch, not a result
+                    (Path(spill_dir) / SPILL_FILE).unlink(missing_ok=True)
+        decomposition = result.decomposition
+        found = result.projection
+        if result.index is not None:  # unrestricted: every patch of every class was indexed
+            found = result.index.search(decomposition.prototypes.flatten(0, 1))
+        self.network = self._network(decomposition, found, result.map_size, loader.dataset, device)
         log.info(
             "fitted %d x %d prototypes: relative head error %.3g",
             *decomposition.prototypes.shape[:2],
             self.network.relative_head_error(),
         )
         return self
+
+    def _batches(
+        self, loader: DataLoader, num_classes: int, device, spill_dir, scratch: Path
+    ) -> Iterator[ClassBatch]:
+        """The class batches to decompose: read from the loader's images one batch of classes at
+        a time, or from a store (memory-mapped in `spill_dir`, or in RAM when the dataset does not
+        tell its labels before the pass)."""
+        features = self.blackbox.features
+        labels = dataset_labels(loader.dataset)
+        if labels is None:  # every patch first, laid out by class at the end
+            store = collect_features(
+                features, dict_batches(loader), None, num_classes, 0.0, scratch, device
+            )
+            hw = store.map_size[0] * store.map_size[1]
+            labels = store.labels[::hw]
+            elements = hw * store.features.shape[1]
+            plan = BatchPlan.of(
+                labels, num_classes, elements, self.nmf.classes_per_batch, self.batches
+            )
+            return (ClassBatch.of_store(store, classes, device) for classes in plan.mine)
+        require_labels_below(labels, num_classes)
+        elements = feature_elements(features, image_of(loader.dataset, 0), device)
+        plan = BatchPlan.of(labels, num_classes, elements, self.nmf.classes_per_batch, self.batches)
+        spill = Path(spill_dir) if spill_dir is not None else None
+        plan.check(device, self.batches, spill)
+        return planned_batches(
+            features,
+            lambda classes: class_loader(loader, labels, classes),
+            labels,
+            plan,
+            device,
+            spill,
+        )
 
     def _network(self, decomposition, found, map_size, dataset, device) -> PostHocNetwork:
         """The fitted network, with the boxes and image paths of its nearest patches."""

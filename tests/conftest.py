@@ -14,6 +14,19 @@ from tests.helpers import TINY, TINY_DEMO, stage_cfg
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` are skipped where torch sees no CUDA device (lightning-hydra-template's
+    `RunIf(min_gpus=1)`)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def parts_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny generated part dataset (4 classes x 8 images, 48 px), shared by the session."""

@@ -294,7 +294,7 @@ def test_decompose_refuses_data_of_another_size_than_a_vits_before_the_feature_p
     def spy(*args, **kwargs):
         raise AssertionError("the feature pass ran before the check")
 
-    monkeypatch.setattr("proto_lightning.stages.decompose.collect_features", spy)
+    monkeypatch.setattr("proto_lightning.stages.decompose.feature_elements", spy)
     with pytest.raises(ConfigValueError, match=r"image_size 32, data 48.*check_preprocessing"):
         run_decompose(cfg)
     assert not (tmp_path / "dec" / "blackbox.ckpt").exists()

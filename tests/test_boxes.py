@@ -137,12 +137,13 @@ def test_projected_boxes_are_each_prototypes_own_on_its_own_push_image():
         (7, 2): (4, 6),
     }
 
-    def activation_maps(image: torch.Tensor, queries: np.ndarray) -> torch.Tensor:
-        row = int(image[0, 0, 0, 0])
-        out = torch.zeros(len(queries), 8, 8)
-        for n, q in enumerate(queries):
-            y, x = maps[row, int(q)]
-            out[n, y : y + 2, x : x + 2] = 1.0
+    def activation_maps(images: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(images), 3, 8, 8)  # (B, Q, H, W); other queries' maps stay dark
+        for b, image in enumerate(images):
+            row = int(image[0, 0, 0])
+            for (r, q), (y, x) in maps.items():
+                if r == row:
+                    out[b, q, y : y + 2, x : x + 2] = 1.0
         return out
 
     projection = Projection.empty(3)
@@ -154,3 +155,17 @@ def test_projected_boxes_are_each_prototypes_own_on_its_own_push_image():
     assert boxes["rf_boxes"].tolist() == [[0, 2, 0, 2], [2, 5, 0, 3], [1, 4, 1, 4]]
     # 4 of 64 pixels are the top 5 %: each box is its own block
     assert boxes["high_activation_boxes"].tolist() == [[1, 3, 1, 3], [5, 7, 2, 4], [4, 6, 6, 8]]
+    # a DDP rank's share: queries 1 and 2 only, one image per pass, the same boxes in that order
+    share = projected_boxes(
+        nn.Conv2d(3, 2, 3, padding=1),
+        activation_maps,
+        projection,
+        PushSet(),
+        8,
+        95.0,
+        "cpu",
+        queries=np.array([1, 2]),
+        images_per_pass=1,
+    )
+    for name, found in share.items():
+        assert found.tolist() == boxes[name][1:].tolist()

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from proto_lightning import NotDecomposableError, PostHocPPN, Preprocessing
 from proto_lightning.posthoc_ppn import NotFittedError, PreprocessingMismatchError
-from proto_lightning.prototypes import features as features_module
+from proto_lightning.prototypes import stream as stream_module
 
 C = 3
 
@@ -223,10 +223,10 @@ def test_preprocessing_that_disagrees_with_a_timm_models_is_refused_before_any_f
     def spy(*args, **kwargs):
         raise AssertionError("the feature pass ran before the check")
 
-    monkeypatch.setattr("proto_lightning.posthoc_ppn.collect_features", spy)
+    monkeypatch.setattr("proto_lightning.posthoc_ppn.feature_elements", spy)
     with pytest.raises(PreprocessingMismatchError, match=r"mean \(0\.5, 0\.5, 0\.5\), data"):
         ppn.fit(DataModule())
-    assert features_module.collect_features is not spy
+    assert stream_module.feature_elements is not spy
 
 
 def test_load_needs_the_model_it_was_made_from(tmp_path):

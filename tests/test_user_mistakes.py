@@ -111,7 +111,7 @@ def case_arguments(files: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
             ["decompose", "experiment=cub_resnet3"],
             "Did you mean: cub_resnet34",
         ),
-        "missing experiment": (["evaluate", "experiment=imagenet_resnet50"], "unknown experiment"),
+        "missing experiment": (["evaluate", "experiment=imagenet_resnet101"], "unknown experiment"),
         "model name typo": (
             ["decompose", "blackbox=resnet81", f"blackbox_weights={files['r18']}"],
             "Did you mean resnet18",
@@ -242,7 +242,7 @@ def test_a_refinement_objective_typo_is_refused_before_any_image_is_read(
     def spy(*args, **kwargs):
         raise AssertionError("an image was read before the check")
 
-    monkeypatch.setattr("proto_lightning.stages.decompose.collect_features", spy)
+    monkeypatch.setattr("proto_lightning.stages.decompose.feature_elements", spy)
     monkeypatch.setattr("proto_lightning.data.dataset.decode_image", spy)
     monkeypatch.chdir(tmp_path)
     typo = "model.refinement.objective=heatmap_cos"

@@ -31,13 +31,19 @@ class HeadReconstructionCallback(L.Callback):
         self.count += gap.numel()
 
     def _log(self, trainer: L.Trainer, pl_module: PostHocPrototypeNetwork, split: str) -> None:
+        # under DDP: the largest gap of any rank, and the mean over every rank's logits (shards
+        # may be uneven: a mean of the ranks' means would weigh a short shard too much)
+        strategy = trainer.strategy
+        max_gap = strategy.all_gather(self.max_gap.to(pl_module.device)).max()
+        totals = torch.tensor([float(self.sum_gap), self.count], dtype=torch.float64)
+        totals = strategy.reduce(totals.to(pl_module.device), reduce_op="sum")
         metrics = {
             f"{split}/relative_head_error": pl_module.relative_head_error(),
-            f"{split}/max_logit_gap": float(self.max_gap),
-            f"{split}/mean_logit_gap": float(self.sum_gap / max(1, self.count)),
+            f"{split}/max_logit_gap": float(max_gap),
+            f"{split}/mean_logit_gap": float(totals[0] / totals[1].clamp_min(1)),
         }
         for name, value in metrics.items():
-            pl_module.log(name, value, sync_dist=True, reduce_fx="max" if "max" in name else "mean")
+            pl_module.log(name, value, sync_dist=False)  # every rank holds the whole-set value
         self._reset()
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -10,8 +10,10 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from proto_lightning.data.dataset import PartImageDataset, decode_image
 from proto_lightning.data.records import ImageRecords, read_cub_layout, read_image_folders
@@ -167,14 +169,16 @@ class PartDataModule(L.LightningDataModule):
             len(test_rows),
         )
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, train: bool, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            shuffle=train if sampler is None else None,
+            sampler=sampler,
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),  # page-locked batches, copied without blocking
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -186,8 +190,13 @@ class PartDataModule(L.LightningDataModule):
         return self._loader(self.val_set, train=False) if len(self.val_set) else []
 
     def test_dataloader(self) -> DataLoader:
-        """Test batches."""
-        return self._loader(self.test_set, train=False)
+        """Test batches; under DDP each rank reads its own images and none twice (Lightning's
+        `UnrepeatedDistributedSampler`, not the padding `DistributedSampler`), so summed test
+        metrics count every test image exactly once."""
+        sampler = None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            sampler = UnrepeatedDistributedSampler(self.test_set, shuffle=False)
+        return self._loader(self.test_set, train=False, sampler=sampler)
 
     def subset_loader(self, dataset: Dataset, indices: Sequence[int]) -> DataLoader:
         """An evaluation loader (no shuffling, no augmentation) over some items of a split, in order."""

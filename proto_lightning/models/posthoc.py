@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from proto_lightning.models.posthoc_network import (
@@ -28,7 +29,8 @@ __all__ = [
 
 
 class PostHocPrototypeNetwork(PostHocNetwork, L.LightningModule):
-    """`PostHocNetwork` with Lightning's validation and test steps (accuracy, agreement)."""
+    """`PostHocNetwork` with Lightning's validation and test steps (accuracy, agreement, and the
+    number of images they counted)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """`PostHocNetwork`'s arguments (blackbox, prototypes, bias, projection, extras)."""
@@ -40,6 +42,7 @@ class PostHocPrototypeNetwork(PostHocNetwork, L.LightningModule):
                 for s in ("val", "test")
                 for m in ("acc", "agreement")
             }
+            | {f"{s}_images": SumMetric() for s in ("val", "test")}  # images counted, all ranks
         )
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> dict[str, torch.Tensor]:
@@ -51,6 +54,8 @@ class PostHocPrototypeNetwork(PostHocNetwork, L.LightningModule):
         self.metrics[f"{split}_agreement"](logits, blackbox_logits.argmax(1))
         self.log(f"{split}/acc", self.metrics[f"{split}_acc"], batch_size=n)
         self.log(f"{split}/agreement", self.metrics[f"{split}_agreement"], batch_size=n)
+        self.metrics[f"{split}_images"](n)
+        self.log(f"{split}/images", self.metrics[f"{split}_images"], batch_size=n)
         return {"logits": logits, "blackbox_logits": blackbox_logits}
 
     def validation_step(

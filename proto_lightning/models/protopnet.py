@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from proto_lightning.distributed import gather_objects, rank_and_world
 from proto_lightning.errors import IncompatibleWeightsError
 from proto_lightning.models.backbones import build_backbone
 from proto_lightning.models.blackbox import BlackBoxClassifier
@@ -39,7 +40,7 @@ from proto_lightning.prototypes.network import (
     nearest_patch,
     ranked_explanations,
 )
-from proto_lightning.prototypes.projection import NearestPatchIndex, Projection
+from proto_lightning.prototypes.projection import NearestPatchIndex, Projection, all_reduce_nearest
 from proto_lightning.settings import checked_settings
 
 log = logging.getLogger(__name__)
@@ -483,7 +484,11 @@ class ProtoPNet(L.LightningModule):
             device=self.push_settings["device"],
             gpu=self.device.index if self.device.type == "cuda" else None,
         )
-        for batch in datamodule.push_dataloader():
+        # under DDP each rank searches a contiguous share of the classes once; the min-reduce
+        # gives every rank the same winners and vectors (no rank pushes on its own)
+        rank, world = rank_and_world()
+        shard = np.array_split(np.arange(self.net.num_classes), world)[rank].tolist()
+        for batch in datamodule.push_dataloader(shard if world > 1 else None):
             z = self.net.conv_features(batch["image"].to(self.device))  # (B, d, H, W)
             B, d, H, W = z.shape
             patches = z.permute(0, 2, 3, 1).reshape(-1, d)  # (B H W, d)
@@ -496,10 +501,12 @@ class ProtoPNet(L.LightningModule):
                 np.tile(hw, (B, 1)),
             )
         classes = self.net.class_identity.argmax(1).cpu().numpy()  # (m,)
-        found = index.search(prototypes.flatten(1), classes, return_vectors=True)
+        found = all_reduce_nearest(
+            index.search(prototypes.flatten(1), classes, return_vectors=True)
+        )
         self.net.prototype_vectors.data.copy_(torch.from_numpy(found.vectors).view_as(prototypes))
         self.projection = found
-        self.extras.update(self._boxes(found, datamodule))
+        self.extras.update(self._boxes(found, datamodule, rank, world))
         self.train(was_training)
         if before is not None:
             after = self.accuracy_on(datamodule.test_dataloader())
@@ -521,13 +528,15 @@ class ProtoPNet(L.LightningModule):
             if method is not None:
                 method(self.trainer, self)
 
-    def _boxes(self, found: Projection, datamodule) -> dict[str, torch.Tensor]:
+    def _boxes(
+        self, found: Projection, datamodule, rank: int = 0, world: int = 1
+    ) -> dict[str, torch.Tensor]:
         """Receptive-field and high-activation boxes of the pushed patches, as tensors (checkpoints
-        hold plain data)."""
+        hold plain data); under DDP each rank measures a contiguous share, then they are joined."""
 
-        def similarity_maps(image: torch.Tensor, queries: np.ndarray) -> torch.Tensor:
-            z = self.net.conv_features(image)
-            return self.net.similarity(self.net.l2_distances(z))[0, queries]  # (n, H, W)
+        def similarity_maps(images: torch.Tensor) -> torch.Tensor:
+            z = self.net.conv_features(images)
+            return self.net.similarity(self.net.l2_distances(z))  # (B, m, H, W)
 
         boxes = projected_boxes(
             self.net.conv_features,
@@ -537,5 +546,7 @@ class ProtoPNet(L.LightningModule):
             datamodule.image_size,
             self.push_settings["high_activation_percentile"],
             self.device,
+            queries=np.array_split(np.arange(len(found.rows)), world)[rank],
         )
-        return {name: torch.from_numpy(b) for name, b in boxes.items()}
+        parts = gather_objects(boxes)
+        return {name: torch.from_numpy(np.concatenate([p[name] for p in parts])) for name in boxes}

@@ -78,26 +78,33 @@ def high_activation_box(
 @torch.no_grad()
 def projected_boxes(
     features_fn: Callable[[torch.Tensor], torch.Tensor],
-    activation_maps: Callable[[torch.Tensor, np.ndarray], torch.Tensor],
+    activation_maps: Callable[[torch.Tensor], torch.Tensor],
     projection: Projection,
     push_set: Dataset,
     image_size: int,
     percentile: float,
     device: torch.device | str,
+    queries: np.ndarray | None = None,
+    images_per_pass: int = 32,
 ) -> dict[str, np.ndarray]:
     """Receptive-field and high-activation boxes (Q, 4) of every prototype on the push image it was
     projected onto, in input pixels, as ProtoPNet's push records them (`proto_rf_boxes`,
-    `proto_bound_boxes`). `activation_maps(image (1, 3, S, S), queries (n,))` gives those
-    prototypes' maps (n, H, W) on the image; `data.loaders.image_of` reads the image of a row.
+    `proto_bound_boxes`). `activation_maps(images (B, 3, S, S))` gives every prototype's map
+    (B, Q, H, W) on those images; the winning images go through it `images_per_pass` at a time
+    (`data.loaders.image_of` reads the image of a row). With `queries`, only those prototypes'
+    boxes, in that order (a DDP rank's share).
     """
-    rf = receptive_field_boxes(features_fn, image_size, projection.locations, device)
+    queries = np.arange(len(projection.rows)) if queries is None else np.asarray(queries)
+    rf = receptive_field_boxes(features_fn, image_size, projection.locations[queries], device)
     high = np.zeros_like(rf)
-    for row in np.unique(projection.rows):
-        image = image_of(push_set, int(row))[None].to(device)
-        queries = np.flatnonzero(projection.rows == row)
-        maps = activation_maps(image, queries)  # (n, H, W)
-        for n, q in enumerate(queries):
-            high[q] = high_activation_box(maps[n].cpu(), image_size, percentile)
+    rows = np.unique(projection.rows[queries])
+    for start in range(0, len(rows), images_per_pass):
+        chunk = rows[start : start + images_per_pass]
+        images = torch.stack([image_of(push_set, int(row)) for row in chunk]).to(device)
+        maps = activation_maps(images)  # (B, Q, H, W)
+        for b, row in enumerate(chunk):
+            for n in np.flatnonzero(projection.rows[queries] == row):
+                high[n] = high_activation_box(maps[b, queries[n]].cpu(), image_size, percentile)
     return {"rf_boxes": rf, "high_activation_boxes": high}
 
 
@@ -109,13 +116,14 @@ def posthoc_boxes(
     image_size: int,
     percentile: float,
     device: torch.device | str,
+    queries: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """`projected_boxes` of post-hoc prototypes (C, k, D), whose activation map is f_j . p~_i."""
     flat = prototypes.reshape(-1, prototypes.shape[-1]).to(device)  # (Q, D)
 
-    def heatmaps(image: torch.Tensor, queries: np.ndarray) -> torch.Tensor:
-        return torch.einsum("dhw,qd->qhw", features_fn(image)[0], flat[queries])  # (n, H, W)
+    def heatmaps(images: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bdhw,qd->bqhw", features_fn(images), flat)  # (B, Q, H, W)
 
     return projected_boxes(
-        features_fn, heatmaps, projection, push_set, image_size, percentile, device
+        features_fn, heatmaps, projection, push_set, image_size, percentile, device, queries
     )

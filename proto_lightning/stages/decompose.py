@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,17 +12,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from proto_lightning.callbacks.faithfulness import METRICS as FAITHFULNESS_METRICS
 from proto_lightning.config import resolved_container
+from proto_lightning.cuda_settings import CudaSettings, feature_math, prepare_model
 from proto_lightning.data.loaders import image_path
-from proto_lightning.distributed import barrier, contiguous_share, gather_objects, launch
+from proto_lightning.distributed import (
+    barrier,
+    contiguous_share,
+    fail_together,
+    gather_objects,
+    launch,
+)
 from proto_lightning.errors import (
     ConfigValueError,
     DatasetLayoutError,
     IncompatibleWeightsError,
     MissingArtifactError,
+    ResourceError,
 )
 from proto_lightning.metrics.part_consistency import PROTOCOLS, metric_label
 from proto_lightning.models import BlackBoxClassifier, BlackBoxNet
@@ -40,15 +50,21 @@ from proto_lightning.prototypes.decomposition import (
     HeadDecomposition,
     NMFSettings,
     RefinementSettings,
-    decompose_head,
 )
-from proto_lightning.prototypes.features import FeatureStore, collect_features
-from proto_lightning.prototypes.kmeans import KMeansSettings, class_centres, image_embeddings
+from proto_lightning.prototypes.kmeans import KMeansSettings
 from proto_lightning.prototypes.projection import (
     Projection,
     ProjectionSettings,
     all_reduce_nearest,
-    project_prototypes,
+)
+from proto_lightning.prototypes.stream import (
+    BatchPlan,
+    BatchSettings,
+    StreamResult,
+    StreamSteps,
+    decompose_stream,
+    feature_elements,
+    planned_batches,
 )
 from proto_lightning.stages.common import (
     StageResult,
@@ -132,24 +148,6 @@ def evaluation_config(cfg: DictConfig, artifact: Path) -> DictConfig:
     )
 
 
-@dataclass
-class ClassShare:
-    """A rank's share of the classes: whole NMF class batches, contiguous, so that the gathered
-    results are those of one process (empty on a rank past the last batch)."""
-
-    batches: list[int]
-    classes: list[int]
-
-    @classmethod
-    def of_rank(cls, num_classes: int, per_batch: int, rank: int, world: int) -> ClassShare:
-        """Rank's batches of `per_batch` consecutive classes out of ceil(C / per_batch)."""
-        batches = contiguous_share(-(-num_classes // per_batch), rank, world).tolist()
-        classes = [
-            c for b in batches for c in range(b * per_batch, min(num_classes, (b + 1) * per_batch))
-        ]
-        return cls(batches, classes)
-
-
 def require_push_images(datamodule) -> None:
     """Every class needs push (training) images: its prototypes are factorised from their features
     and shown as one of their patches; a class without any is refused, naming it."""
@@ -186,8 +184,9 @@ def require_blackbox_settings(cfg: DictConfig) -> None:
 def import_blackbox(
     cfg: DictConfig, num_classes: int, run_dir: Path, class_names: list[str]
 ) -> BlackBoxNet | None:
-    """With `blackbox=<name> blackbox_weights=<file>`: the user's classifier (frozen), also written as
-    the black-box checkpoint `<run>/blackbox.ckpt`, which becomes `cfg.blackbox_ckpt`; else None."""
+    """With `blackbox=<name> blackbox_weights=<file>`: the user's classifier (frozen), also written (by
+    global rank 0) as the black-box checkpoint `<run>/blackbox.ckpt`, which becomes
+    `cfg.blackbox_ckpt`; else None."""
     require_blackbox_settings(cfg)
     if cfg.get("blackbox") is None:
         return None
@@ -204,7 +203,9 @@ def import_blackbox(
         data = Preprocessing(cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std))
         where = "the data config (data.image_size, data.mean, data.std)"
         require_preprocessing(declared_preprocessing(getattr(body, "model", body)), data, where)
-    checkpoint = save_as_checkpoint(classifier, run_dir / "blackbox.ckpt", cfg.blackbox_weights)
+    checkpoint = run_dir / "blackbox.ckpt"
+    if rank_zero_only.rank == 0:  # one writer: under torchrun/srun every rank runs this
+        save_as_checkpoint(classifier, checkpoint, cfg.blackbox_weights)
     with open_dict(cfg):
         cfg.blackbox_ckpt = str(checkpoint)
     return classifier.net.eval().requires_grad_(False)
@@ -226,38 +227,17 @@ def load_blackbox(cfg: DictConfig, num_classes: int, class_names: list[str]) -> 
     return blackbox.net.eval().requires_grad_(False)
 
 
-def collect(
-    net: BlackBoxNet,
-    datamodule,
-    share: ClassShare,
-    settings: DictConfig,
-    run_dir: Path,
-    rank: int,
-    world: int,
-    device,
-) -> FeatureStore | None:
-    """The push-split feature vectors of the share's classes (None for a rank without classes)."""
-    if not share.classes:
-        return None
-    labels = datamodule.push_set.labels
-    return collect_features(
-        net.features,
-        datamodule.push_dataloader(share.classes if world > 1 else None),
-        labels[np.isin(labels, share.classes)],
-        datamodule.num_classes,
-        settings.ram_budget_gb,
-        Path(settings.spill_dir or run_dir) / (f"rank{rank}" if world > 1 else ""),
-        device,
-    )
-
-
 @dataclass(frozen=True)
 class DecomposeSettings:
-    """The steps' settings from `cfg.model`, checked (each typo named) before any work."""
+    """The steps' settings from `cfg.model`, `cfg.kmex` and `cfg.cuda`, checked (each typo named)
+    before any work."""
 
     nmf: NMFSettings
     refinement: RefinementSettings
     projection: ProjectionSettings
+    batches: BatchSettings
+    kmeans: KMeansSettings | None
+    cuda: CudaSettings
 
     @classmethod
     def of(cls, cfg: DictConfig) -> DecomposeSettings:
@@ -267,93 +247,163 @@ class DecomposeSettings:
         for key in ("blackbox_ckpt", "blackbox_weights"):
             if cfg.get(key) is not None and not Path(cfg[key]).is_file():
                 raise MissingArtifactError(f"{key}={cfg[key]}: no such file")
+        store = cfg.model.feature_store
+        kmex = cfg.get("kmex")
+        kmeans = None
+        if kmex is not None and kmex.enabled:
+            kmeans = KMeansSettings(kmex.prototypes_per_class, kmex.n_init, kmex.max_iter)
         return cls(
             NMFSettings(**cfg.model.nmf),
             RefinementSettings(**cfg.model.refinement),
             ProjectionSettings(**cfg.model.projection),
+            BatchSettings(store.max_batch_gb, store.reserve_gb),
+            kmeans,
+            CudaSettings(**cfg.cuda),
         )
 
 
-def decompose(
-    store: FeatureStore | None,
-    V: torch.Tensor,
-    share: ClassShare,
-    cfg: DictConfig,
-    settings: DecomposeSettings,
-    device,
-) -> HeadDecomposition:
-    """Every rank's decomposition of its classes, gathered in class order."""
-    local = None
-    if store is not None:
-        local = decompose_head(
-            store,
-            V,
-            cfg.model.prototypes_per_class,
-            settings.nmf,
-            settings.refinement,
-            seed=cfg.seed,
-            device=device,
-            batches=share.batches,
-        )
-    return HeadDecomposition.concatenate([p for p in gather_objects(local) if p is not None])
-
-
-def project(
-    store: FeatureStore | None,
-    decomposition: HeadDecomposition,
+def plan_batches(
     net: BlackBoxNet,
     datamodule,
-    settings: DictConfig,
+    settings: DecomposeSettings,
+    spill: Path | None,
+    rank: int,
+    world: int,
     device,
-) -> tuple[Projection, dict[str, np.ndarray]]:
-    """Each prototype's nearest push patch (every rank searched its classes' patches: min-reduce),
-    and its receptive-field and high-activation boxes."""
-    prototypes = decomposition.prototypes
-    local = (
-        project_prototypes(
-            store, prototypes, settings.metric, settings.class_restricted, settings.device
-        )
-        if store is not None
-        else Projection.empty(prototypes.shape[0] * prototypes.shape[1])
+) -> BatchPlan:
+    """The class batches (from the push labels and one probe forward pass) and this rank's share,
+    checked against free memory, or free disk for a spilled store, before any image is read."""
+    elements = feature_elements(net.features, datamodule.push_set[0]["image"], device)
+    plan = BatchPlan.of(
+        datamodule.push_set.labels,
+        datamodule.num_classes,
+        elements,
+        settings.nmf.classes_per_batch,
+        settings.batches,
+        rank,
+        world,
     )
-    projection = all_reduce_nearest(local)
-    boxes = posthoc_boxes(
+    plan.check(device, settings.batches, spill)
+    return plan
+
+
+def spill_folder(cfg: DictConfig, run_dir: Path, rank: int, world: int) -> Path | None:
+    """Where this rank's store is memory-mapped with `model.feature_store.spill_dir`; else None."""
+    spill_dir = cfg.model.feature_store.get("spill_dir")
+    if spill_dir is None:
+        return None
+    return Path(spill_dir) / run_dir.name / (f"rank{rank}" if world > 1 else "")
+
+
+def decompose_share(
+    net: BlackBoxNet,
+    datamodule,
+    plan: BatchPlan,
+    cfg: DictConfig,
+    settings: DecomposeSettings,
+    spill: Path | None,
+    device,
+) -> StreamResult:
+    """This rank's classes decomposed, projected and (with `kmex.enabled`) clustered, batch by
+    batch (`decompose_stream`); a device out of memory is a one-line `ResourceError`."""
+    V = net.head.weight.detach().cpu()
+    steps = StreamSteps(
+        cfg.model.prototypes_per_class,
+        settings.nmf,
+        settings.refinement,
+        settings.projection,
+        settings.kmeans,
+        cfg.seed,
+    )
+    labels = datamodule.push_set.labels
+    try:
+        with feature_math(settings.cuda, device):
+            batches = planned_batches(
+                net.features, datamodule.push_dataloader, labels, plan, device, spill
+            )
+            return decompose_stream(batches, V, steps)
+    except torch.OutOfMemoryError as err:
+        raise ResourceError(
+            f"{device} ran out of memory in a class batch ({str(err).splitlines()[0]}): lower "
+            "model.feature_store.max_batch_gb or model.nmf.classes_per_batch"
+        ) from err
+    finally:
+        if spill is not None:
+            shutil.rmtree(spill, ignore_errors=True)  # the store is scratch, not a result
+
+
+@dataclass
+class Gathered:
+    """Every rank's share joined in class order: the decomposition, the nearest patches, KMEx."""
+
+    decomposition: HeadDecomposition
+    projection: Projection
+    kmex_centres: torch.Tensor | None
+    kmex_projection: Projection | None
+    map_size: tuple[int, int]
+    timings: dict[str, float]
+
+
+def gather_shares(local: StreamResult) -> Gathered:
+    """Join the ranks' results; an unrestricted projection searches every rank's index with every
+    prototype and keeps the nearest; a time is the slowest rank's."""
+    parts = gather_objects(
+        None if local.decomposition is None else (local.decomposition, local.kmex_centres)
+    )
+    decomposition = HeadDecomposition.concatenate([p[0] for p in parts if p is not None])
+    centres = [p[1] for p in parts if p is not None and p[1] is not None]
+    projection = local.projection
+    if local.index is not None:  # unrestricted: this rank's patches, every prototype
+        projection = local.index.search(decomposition.prototypes.flatten(0, 1))
+    kmex = None
+    if local.kmex_projection is not None:
+        kmex = all_reduce_nearest(local.kmex_projection)
+    timings = gather_objects(local.timings)
+    map_size = next(m for m in gather_objects(local.map_size) if m is not None)
+    return Gathered(
+        decomposition,
+        all_reduce_nearest(projection),
+        torch.cat(centres) if centres else None,
+        kmex,
+        map_size,
+        {key: max(t[key] for t in timings) for key in timings[0]},
+    )
+
+
+def boxes_by_rank(
+    net: BlackBoxNet,
+    gathered: Gathered,
+    datamodule,
+    settings: ProjectionSettings,
+    rank: int,
+    world: int,
+    device,
+) -> dict[str, np.ndarray]:
+    """Receptive-field and high-activation boxes, each rank those of a contiguous share of the
+    prototypes, gathered in order."""
+    Q = len(gathered.projection.rows)
+    local = posthoc_boxes(
         net.features,
-        projection,
-        prototypes,
+        gathered.projection,
+        gathered.decomposition.prototypes,
         datamodule.push_set,
         datamodule.image_size,
         settings.high_activation_percentile,
         device,
+        queries=contiguous_share(Q, rank, world),
     )
-    return projection, boxes
+    parts = gather_objects(local)
+    return {name: np.concatenate([p[name] for p in parts]) for name in local}
 
 
-def fit_kmex(
-    store: FeatureStore | None,
-    net: BlackBoxNet,
-    share: ClassShare,
-    cfg: DictConfig,
-    run_dir: Path,
-    rank: int,
+def save_kmex(
+    net: BlackBoxNet, gathered: Gathered, cfg: DictConfig, run_dir: Path, rank: int
 ) -> Path | None:
-    """With `kmex.enabled`: KMEx's k-means prototypes of the store's image embeddings (each rank its
-    classes), each shown as its class's nearest training image (FAISS, L2), written as `kmex.pt`."""
-    settings = cfg.get("kmex")
-    if settings is None or not settings.enabled:
+    """With `kmex.enabled`: KMEx's k-means prototypes, each shown as its class's nearest training
+    image (L2 on the pooled vectors), written by rank 0 as `kmex.pt`."""
+    if gathered.kmex_centres is None:
         return None
-    embeddings = image_embeddings(store) if store is not None else None
-    local = None
-    if embeddings is not None:
-        kmeans = KMeansSettings(settings.prototypes_per_class, settings.n_init, settings.max_iter)
-        local = class_centres(embeddings, share.classes, kmeans, cfg.seed)
-    prototypes = torch.cat([p for p in gather_objects(local) if p is not None])  # (C, k, D)
-    nearest = (
-        project_prototypes(embeddings, prototypes, "l2", True, cfg.model.projection.device)
-        if embeddings is not None
-        else Projection.empty(prototypes.shape[0] * prototypes.shape[1])
-    )
-    model = KMExNetwork(net, prototypes, settings.epsilon, all_reduce_nearest(nearest))
+    model = KMExNetwork(net, gathered.kmex_centres, cfg.kmex.epsilon, gathered.kmex_projection)
     artifact = run_dir / "kmex.pt"
     if rank == 0:
         model.save(artifact, {"blackbox_ckpt": str(Path(cfg.blackbox_ckpt).resolve())})
@@ -363,35 +413,31 @@ def fit_kmex(
 
 def build_network(
     net: BlackBoxNet,
-    decomposition: HeadDecomposition,
-    projection: Projection,
+    gathered: Gathered,
     boxes: dict[str, np.ndarray],
-    store: FeatureStore | None,
     datamodule,
 ) -> PostHocPrototypeNetwork:
     """The post-hoc network (on the CPU), with what its artifact records beside the prototypes."""
-    # a rank with no class batch has no store: take the map size of one that has
-    map_size = next(
-        m for m in gather_objects(store.map_size if store is not None else None) if m is not None
-    )
     preprocessing = {
         "image_size": datamodule.image_size,
         "mean": datamodule.mean,
         "std": datamodule.std,
     }
     records = datamodule.records
+    projection = gathered.projection
     paths = [image_path(datamodule.push_set, int(row)) for row in projection.rows]
     extras = network_extras(
-        decomposition,
+        gathered.decomposition,
         boxes,
-        map_size,
+        gathered.map_size,
         preprocessing,
         records.class_names,
         records.part_names,
         nearest_paths=paths,
     )
     bias = net.head.bias.detach().cpu()
-    return PostHocPrototypeNetwork(net.cpu(), decomposition.prototypes, bias, projection, extras)
+    prototypes = gathered.decomposition.prototypes
+    return PostHocPrototypeNetwork(net.cpu(), prototypes, bias, projection, extras)
 
 
 def save_artifact(
@@ -451,8 +497,9 @@ def test_and_log(
 
 def run_decompose(cfg: DictConfig) -> StageResult:
     """Decompose the head of `cfg.blackbox_ckpt` (or of the imported `cfg.blackbox`) into
-    `model.prototypes_per_class` prototypes per class: collect -> decompose -> project -> build the
-    network and its artifact -> test and log."""
+    `model.prototypes_per_class` prototypes per class: plan the class batches -> decompose each
+    rank's batches as they stream -> gather -> boxes -> build the network and its artifact -> test
+    and log. A mistake on any rank stops every rank with its message."""
     settings = DecomposeSettings.of(cfg)
     run_dir, datamodule = start_run(cfg)
     class_names = datamodule.records.class_names
@@ -462,30 +509,31 @@ def run_decompose(cfg: DictConfig) -> StageResult:
     fabric = launch(cfg.trainer)
     rank, world = fabric.global_rank, fabric.world_size
     device = fabric.device if world > 1 else stage_device(cfg)
-    net = net.to(device)
+    net = prepare_model(net, settings.cuda, device)
     datamodule.setup("test")
     require_push_images(datamodule)
-    share = ClassShare.of_rank(datamodule.num_classes, cfg.model.nmf.classes_per_batch, rank, world)
-    V = net.head.weight.detach().cpu()
+    spill = spill_folder(cfg, run_dir, rank, world)
+    plan = fail_together(
+        lambda: plan_batches(net, datamodule, settings, spill, rank, world, device)
+    )
+    local = fail_together(
+        lambda: decompose_share(net, datamodule, plan, cfg, settings, spill, device)
+    )
     timings: dict[str, float] = {}
-    with timed(timings, "features"):
-        store = collect(
-            net, datamodule, share, cfg.model.feature_store, run_dir, rank, world, device
-        )
-    with timed(timings, "nmf+refinement"):
-        decomposition = decompose(store, V, share, cfg, settings, device)
-    with timed(timings, "projection"):
-        projection, boxes = project(
-            store, decomposition, net, datamodule, cfg.model.projection, device
-        )
-    with timed(timings, "kmex"):
-        kmex = fit_kmex(store, net, share, cfg, run_dir, rank)
-    model = build_network(net, decomposition, projection, boxes, store, datamodule)
+    with timed(timings, "gather"):
+        gathered = gather_shares(local)
+    with timed(timings, "boxes"):
+        boxes = boxes_by_rank(net, gathered, datamodule, settings.projection, rank, world, device)
+    timings = {**gathered.timings, **timings}
+    kmex = save_kmex(net, gathered, cfg, run_dir, rank)
+    model = build_network(
+        net.to(memory_format=torch.contiguous_format), gathered, boxes, datamodule
+    )
     artifact = save_artifact(model, cfg, run_dir, timings, rank)
     result = StageResult("decompose", run_dir, {"artifact": artifact})
     if kmex is not None:
         result.artifacts["kmex"] = kmex
-    return test_and_log(cfg, model, decomposition, datamodule, result, timings)
+    return test_and_log(cfg, model, gathered.decomposition, datamodule, result, timings)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -501,11 +549,22 @@ def timed(timings: dict[str, float], name: str) -> Iterator[None]:
     timings[name] = time.perf_counter() - start
 
 
+# seconds of the stage's steps (a step's time is its slowest rank's): reading and the forward pass,
+# factorisation and heatmaps, refinement (CPU, overlapped with the next batch), the part of it the
+# device waited for, joining the ranks' results, the prototypes' boxes
+TIMINGS = ("features", "nmf", "refinement", "refinement_wait", "gather", "boxes")
 # what the decompose stage reports besides evaluate's metrics (with evaluate_after)
 DECOMPOSE_METRICS = {
     *(
         f"test/{k}"
-        for k in ("acc", "agreement", "relative_head_error", "max_logit_gap", "mean_logit_gap")
+        for k in (
+            "acc",
+            "agreement",
+            "images",
+            "relative_head_error",
+            "max_logit_gap",
+            "mean_logit_gap",
+        )
     ),
     *(
         f"decompose/{k}"
@@ -516,7 +575,7 @@ DECOMPOSE_METRICS = {
             "objective_refined_mean",
         )
     ),
-    *(f"time/{k}" for k in ("features", "nmf+refinement", "projection", "kmex")),
+    *(f"time/{k}" for k in TIMINGS),
 }
 
 
