@@ -253,10 +253,8 @@ def test_a_rank_short_of_memory_stops_every_rank_with_one_line(parts_root: Path,
     )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 3, done.stderr[-3000:]
-    assert sum("GiB is free" in line and "rank" not in line for line in errors) == 2
-    assert (
-        sum(line.startswith("error: rank 0 stopped: a class batch needs") for line in errors) == 1
-    )
+    # the three processes share stderr, so two lines can meet without a newline: count messages
+    assert done.stderr.count("error: ") == 3, done.stderr[-3000:]
+    assert done.stderr.count("error: a class batch needs") == 2
+    assert done.stderr.count("error: rank 0 stopped: a class batch needs") == 1
     assert not (run / "posthoc.pt").exists()
