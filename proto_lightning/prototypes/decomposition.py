@@ -125,10 +125,12 @@ def class_maps(
     """The heatmaps of a class's features F (N, D) (on any device) under its bases P (k, D) and
     residual R (D,), computed in float64 in chunks of rows (no float64 copy of F), kept on the CPU."""
     B = torch.cat([P.double(), R[None].double()]).to(F.device).T  # (D, k + 1)
-    maps = torch.cat([f.double() @ B for f in F.split(chunk)]) if len(F) else F.new_zeros(0, 1)
-    sq = torch.cat([f.double().pow(2).sum(1) for f in F.split(chunk)]) if len(F) else F.new_zeros(0)
-    maps = maps.cpu()
-    return ClassMaps(maps[:, :-1], maps[:, -1], sq.cpu(), E.cpu().double(), patches_per_image)
+    parts = [F.new_zeros(0, len(P) + 2, dtype=torch.float64)]
+    for f in F.split(chunk):  # each chunk converted once: (rows, k + 1) maps and ||f||^2
+        f = f.double()
+        parts.append(torch.cat([f @ B, f.pow(2).sum(1, keepdim=True)], 1))
+    maps = torch.cat(parts).cpu()  # (N, k + 2)
+    return ClassMaps(maps[:, :-2], maps[:, -2], maps[:, -1], E.cpu().double(), patches_per_image)
 
 
 class HeatmapCosine:

@@ -73,11 +73,6 @@ class ClassBatch:
             locations[i, : counts[i]] = store.locations[part]
         return cls(list(classes), F, counts, rows, image_ids, locations, store.map_size)
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the resident features."""
-        return self.F.numel() * self.F.element_size()
-
 
 def allocate(n_rows: int, dim: int, ram_budget_gb: float, spill_dir: Path) -> np.ndarray:
     """An (n_rows, dim) float32 array in RAM if within budget, else a memory-mapped file."""
