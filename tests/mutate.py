@@ -159,12 +159,6 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
     (P + "projection.py", 277, "Gt -> GtE"): _ONE_CHUNK,
     (P + "projection.py", 285, "4 -> 5"): "a slice past the last column ends at the last column",
     (P + "projection.py", 57, "True -> False"): _FROZEN,
-    (P + "projection.py", 316, "min() -> max()"): "overlapping chunks add some patches twice: the "
-    "nearest patch and its distance are the same",
-    (P + "projection.py", 333, "65536 -> 65537"): "the chunk size changes how patches are added "
-    "to FAISS, never which patches or the answers",
-    (P + "projection.py", 349, "Gt -> GtE"): "searching a class without patches finds nothing, "
-    "which places nothing",
     (
         P + "network.py",
         49,

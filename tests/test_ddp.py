@@ -191,6 +191,7 @@ def test_protopnet_ranks_agree_after_a_push(parts_root: Path, tmp_path: Path):
 
     from proto_lightning.data import CUB200DataModule
     from proto_lightning.models.protopnet import ProtoPNet
+    from tests.test_protopnet import push_patches
 
     mp.spawn(
         push_on_a_rank,
@@ -208,11 +209,8 @@ def test_protopnet_ranks_agree_after_a_push(parts_root: Path, tmp_path: Path):
     )
     dm = CUB200DataModule(parts_root, image_size=48, val_fraction=0.25, eval_batch_size=5)
     dm.setup()
-    batch = next(iter(torch.utils.data.DataLoader(dm.push_set, batch_size=len(dm.push_set))))
-    with torch.no_grad():
-        z = model.eval().net.conv_features(batch["image"])  # (N, d, H, W)
-    N, d, H, W = z.shape
-    patches = z.permute(0, 2, 3, 1).reshape(N, H * W, d)
+    batch, patches, (H, W) = push_patches(model, dm)
+    d = patches.shape[-1]
     owner = {0: 0, 1: 0, 2: 1, 3: 2}
     for j in range(8):
         c = j // 2

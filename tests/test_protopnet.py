@@ -138,6 +138,16 @@ def test_each_phase_trains_exactly_the_official_groups():
     assert ids(last) == {id(p) for p in groups["last_layer"]}
 
 
+def push_patches(model: ProtoPNet, dm) -> tuple[dict, torch.Tensor, tuple[int, int]]:
+    """Brute force's input: the whole push set as one batch, its patch vectors (N, H W, d) from
+    the model's features in eval mode, and the map size (H, W)."""
+    batch = next(iter(torch.utils.data.DataLoader(dm.push_set, batch_size=len(dm.push_set))))
+    with torch.no_grad():
+        z = model.eval().net.conv_features(batch["image"])  # (N, d, H, W)
+    N, d, H, W = z.shape
+    return batch, z.permute(0, 2, 3, 1).reshape(N, H * W, d), (H, W)
+
+
 def test_push_puts_every_prototype_on_its_nearest_own_class_patch(parts_root: Path):
     from proto_lightning.data import CUB200DataModule
 
@@ -149,11 +159,8 @@ def test_push_puts_every_prototype_on_its_nearest_own_class_patch(parts_root: Pa
     dm.setup()
     before = model.net.prototype_vectors.detach().flatten(1).clone()
     projection = model.push(dm)
-    batch = next(iter(torch.utils.data.DataLoader(dm.push_set, batch_size=len(dm.push_set))))
-    with torch.no_grad():  # brute force over every push patch, recomputed in one batch
-        z = model.net.conv_features(batch["image"])  # (N, d, H, W)
-    N, d, H, W = z.shape
-    patches = z.permute(0, 2, 3, 1).reshape(N, H * W, d)
+    batch, patches, (H, W) = push_patches(model, dm)
+    d = patches.shape[-1]
     classes = model.net.class_identity.argmax(1)
     for j, p in enumerate(model.net.prototype_vectors.detach().flatten(1)):
         own = batch["label"] == classes[j]
