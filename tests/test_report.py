@@ -90,7 +90,17 @@ def test_a_negative_term_is_labelled_as_counting_against(tmp_path, monkeypatch):
         PrototypeTerm(np.ones((8, 8)), None, patch, term_caption(1, 0.5)),
         PrototypeTerm(np.ones((8, 8)), None, patch, term_caption(0, -0.2)),
     ]
-    explanation_figure(tmp_path / "f.png", image, "t", {}, [], terms, {})
+    import matplotlib.figure
+
+    suptitles = []
+    suptitle = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(
+        matplotlib.figure.Figure,
+        "suptitle",
+        lambda fig, text, **kw: (suptitles.append(text), suptitle(fig, text, **kw))[1],
+    )
+    explanation_figure(tmp_path / "f.png", image, "test image 3", {}, [], terms, {})
+    assert suptitles == ["test image 3"]  # the image's title, not the last panel's caption
     assert "post-hoc PPN: p0: -0.20 against" in titles
     assert titles.count("looks like\n(counts against)") == 1 and titles.count("looks like") == 1
     explained = PrototypeExplanation(

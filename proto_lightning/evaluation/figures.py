@@ -74,8 +74,8 @@ def explanation_figure(
                 _box(ax, term.box, "yellow")
             if term.patch is not None:
                 against = term.caption.endswith("against")
-                title = "looks like\n(counts against)" if against else "looks like"
-                _show(axes[row, 2 * i + 1], term.patch, title=title)
+                caption = "looks like\n(counts against)" if against else "looks like"
+                _show(axes[row, 2 * i + 1], term.patch, title=caption)
     fig.suptitle(title, fontsize=8)
     fig.text(
         0.01,
