@@ -56,9 +56,13 @@ STAGES = {
         "proto_lightning.stages.demo:run_demo",
         "quick-start: every stage on the generated part dataset",
     ),
+    "compare": (
+        "proto_lightning.stages.compare:run_compare",
+        "tables over many evaluate runs (seeds, sweeps): mean, sd, intervals, paired tests",
+    ),
 }
 # stage modules with a `check_config(cfg)`, run before a run folder exists (they load torch)
-STAGES_WITH_CHECKS = ("decompose", "evaluate")
+STAGES_WITH_CHECKS = ("decompose", "evaluate", "compare")
 TOOLS = {
     "make-dataset": "write the generated part dataset in the CUB-200-2011 layout",
     "runs": "list run folders (default runs/) as finished, failed (with the error) or unfinished",
@@ -80,6 +84,7 @@ examples:
   proto-lightning decompose blackbox_ckpt=runs/blackbox/<date>/checkpoints/last.ckpt model.prototypes_per_class=3
   proto-lightning decompose blackbox=convnext_tiny blackbox_weights=my_convnext.pt data=folder data.root=/data/birds
   proto-lightning protopnet data=cub model/backbone=resnet50
+  proto-lightning compare runs/demo-multirun/<date> 'runs/evaluate/*'   # seeds and sweep points
   proto-lightning blackbox --cfg job        # print the composed config
 """
 
@@ -269,9 +274,42 @@ def _run_stage(stage: str, overrides: list[str]) -> StageResult | list[StageResu
         _main()
     finally:
         sys.argv = saved_argv
+    if len(results) > 1 and stage != "compare":
+        compared = compare_multirun(results, overrides)
+        results += [compared] if compared is not None else []
     if errors:
         raise errors[0]
     return results[0] if len(results) == 1 else (results or None)
+
+
+def compare_multirun(results: list[StageResult], overrides: Sequence[str]) -> StageResult | None:
+    """A multirun's own comparison, in `<sweep folder>/compare`, when its points wrote evaluations
+    (results.csv); the logger overrides of the sweep carry over."""
+    folders = [Path(r.run_dir) for r in results]
+    if not any(any(folder.rglob("results.csv")) for folder in folders):
+        return None
+    sweep = Path(os.path.commonpath([f.resolve() for f in folders]))
+    logging = [o for o in split_hydra_flags(overrides)[1] if o.startswith(("logger", "+logger"))]
+    runs = ",".join(hydra_quoted(str(f)) for f in folders)
+    return _run_stage(
+        "compare",
+        [f"runs=[{runs}]", f"hydra.run.dir={hydra_quoted(str(sweep / 'compare'))}", *logging],
+    )
+
+
+def hydra_quoted(text: str) -> str:
+    """A string as a quoted Hydra override value."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def compare_arguments(rest: list[str]) -> list[str]:
+    """`compare a b c key=value`: the positional folders/globs as the `runs=[...]` override."""
+    flags, plain = split_hydra_flags(rest)
+    positional = [t for t in plain if "=" not in t]
+    if not positional:
+        return rest
+    runs = ",".join(hydra_quoted(t) for t in positional)
+    return [*flags, *(t for t in plain if "=" in t), f"runs=[{runs}]"]
 
 
 def _list_runs(argv: Sequence[str]) -> list:
@@ -286,6 +324,8 @@ def _list_runs(argv: Sequence[str]) -> list:
 
 
 def _dispatch(head: str, rest: list[str]) -> Any:
+    if head == "compare":
+        rest = compare_arguments(rest)
     if head == "make-dataset":
         return _make_dataset(rest)
     return _list_runs(rest) if head == "runs" else _run_stage(head, rest)

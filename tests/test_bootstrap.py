@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from proto_lightning.metrics.bootstrap import bootstrap_estimate, mean_estimate
+from proto_lightning.evaluation.per_image import MethodValues, RunValues
+from proto_lightning.metrics.bootstrap import bootstrap_estimate
+
+
+def mean_estimate(values, **bootstrap):
+    """A per-image mean's table cell, as evaluate computes it (`RunValues.estimates`)."""
+    run = RunValues({}, 1, 0.8, None, {"m": MethodValues({"x": np.asarray(values)})})
+    return run.estimates("m", **bootstrap)["x"]
 
 
 def test_constant_values_have_a_point_interval():

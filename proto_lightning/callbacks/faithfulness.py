@@ -1,4 +1,4 @@
-"""Faithfulness and part metrics of a module's own explanations while it trains and tests (DESIGN.md 5).
+"""Faithfulness and part metrics of a module's own explanations while it trains and tests (docs/method.md, "Metrics").
 
 The numbers are `evaluate`'s, from the same functions (evaluation/scores.py) on a fixed, seeded subset
 of the split: deletion and insertion AUC of the heatmaps of the predicted class (RISE, Petsiuk et al.
@@ -63,7 +63,7 @@ def module_explainer(
     if isinstance(module, PostHocPrototypeNetwork):
         return PostHocExplainer(module)
     if isinstance(module, BlackBoxClassifier):
-        models = Models(blackbox=module.net, posthoc=None, protopnet=None, paths={})
+        models = Models(blackbox=module.net, posthocs={}, protopnet=None, paths={})
         return EXPLAINERS[blackbox_method](models, settings, seed, normalisation)
     raise TypeError(f"no explainer for a {type(module).__name__}")
 

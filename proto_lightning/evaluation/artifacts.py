@@ -3,16 +3,19 @@
 Paths come from the config (`blackbox_ckpt`, `posthoc`, `protopnet_ckpt`, `kmex_artifact`) or from a run folder of
 `make demo` / `proto-lightning demo` (`from_run`), whose stage sub-folders hold them. A missing
 file names the stage that makes it; a model of another class count than the data is refused.
+`posthoc` may name several networks: a list of paths (rows named by where the paths differ) or a
+mapping `{name: path}`; each is a row `Post-hoc PPN (<name>)`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from proto_lightning.errors import MissingArtifactError
+from proto_lightning.errors import ConfigValueError, MissingArtifactError
 from proto_lightning.models import BlackBoxClassifier, BlackBoxNet
 from proto_lightning.models.files import require_class_count
 from proto_lightning.models.kmex import KMExNetwork
@@ -29,19 +32,61 @@ MAKES = {
 
 @dataclass
 class Models:
-    """The evaluated models; the post-hoc PPN, ProtoPNet and KMEx are optional."""
+    """The evaluated models; the post-hoc PPNs (by row label, "" for a single one), ProtoPNet and
+    KMEx are optional."""
 
     blackbox: BlackBoxNet
-    posthoc: PostHocPrototypeNetwork | None
+    posthocs: dict[str, PostHocPrototypeNetwork]
     protopnet: ProtoPNet | None
     paths: dict[str, Path]
     kmex: KMExNetwork | None = None
 
+    @property
+    def posthoc(self) -> PostHocPrototypeNetwork | None:
+        """The first post-hoc PPN (the figures' and the paper claim's), None without one."""
+        return next(iter(self.posthocs.values()), None)
+
     def networks(self) -> list:
         """Every loaded model, the black box first."""
-        return [
-            m for m in (self.blackbox, self.posthoc, self.protopnet, self.kmex) if m is not None
-        ]
+        models = (self.blackbox, *self.posthocs.values(), self.protopnet, self.kmex)
+        return [m for m in models if m is not None]
+
+
+def posthoc_key(label: str) -> str:
+    """The `paths` key of a post-hoc artifact: `posthoc`, or `posthoc[<label>]` for one of several."""
+    return f"posthoc[{label}]" if label else "posthoc"
+
+
+def posthoc_labels(value) -> dict[str, Path]:
+    """`posthoc=` as {row label: path}: a path ("" label), a mapping, or a list labelled by the
+    parts of the paths that differ (`runs/k2/posthoc.pt`, `runs/k3/posthoc.pt`: k2, k3)."""
+    if value is None:
+        return {}
+    if isinstance(value, str | Path):
+        return {"": Path(value)}
+    if isinstance(value, Mapping):
+        return {str(k): Path(v) for k, v in value.items()}
+    paths = [Path(v) for v in value]
+    if len(set(paths)) < len(paths):
+        raise ConfigValueError(f"posthoc lists a file twice: {[str(p) for p in paths]}")
+    if len(paths) == 1:
+        return {"": paths[0]}
+    parts = [p.parts for p in paths]
+    shortest = min(map(len, parts))
+    # path parts shared by all at the start (`same_head`) and at the end (`same_tail`)
+    same_head = next((i for i in range(shortest) if len({q[i] for q in parts}) > 1), 0)
+    same_tail = next((i for i in range(shortest) if len({q[-1 - i] for q in parts}) > 1), 0)
+    labels = ["/".join(q[same_head : len(q) - same_tail]) or q[-1] for q in parts]
+    return dict(zip(labels, paths, strict=True))
+
+
+def _given(cfg: DictConfig) -> dict[str, Path]:
+    """The artifact paths the config names (several post-hoc PPNs under `posthoc[<label>]`)."""
+    paths = {k: Path(cfg[k]) for k in MAKES if k != "posthoc" and cfg.get(k) is not None}
+    posthoc = cfg.get("posthoc")
+    container = OmegaConf.to_container(posthoc) if OmegaConf.is_config(posthoc) else posthoc
+    paths.update({posthoc_key(k): v for k, v in posthoc_labels(container).items()})
+    return paths
 
 
 def _from_run(run: Path) -> dict[str, Path]:
@@ -65,9 +110,12 @@ def locate(cfg: DictConfig) -> dict[str, Path]:
         if not run.is_dir():
             raise MissingArtifactError(f"from_run={run} is not a folder; run `make demo` first")
         paths = _from_run(run)
-        paths.update({k: Path(cfg[k]) for k in MAKES if cfg.get(k) is not None})
+        given = _given(cfg)
+        if any(k.startswith("posthoc") for k in given):
+            paths.pop("posthoc")
+        paths.update(given)
     else:
-        paths = {k: Path(cfg[k]) for k in MAKES if cfg.get(k) is not None}
+        paths = _given(cfg)
     if "blackbox_ckpt" not in paths:
         raise MissingArtifactError(
             "evaluate needs blackbox_ckpt=<checkpoint> or from_run=<demo run folder>"
@@ -75,7 +123,8 @@ def locate(cfg: DictConfig) -> dict[str, Path]:
     for key, path in paths.items():
         if not path.is_file():
             raise MissingArtifactError(
-                f"{key}: {path} does not exist; make it with `{MAKES[key]}` (or pass {key}=<path>)"
+                f"{key}: {path} does not exist; make it with `{MAKES[key.split('[')[0]]}` "
+                f"(or pass {key.split('[')[0]}=<path>)"
             )
     return paths
 
@@ -89,14 +138,13 @@ def load_models(paths: dict[str, Path], num_classes: int, trust_file: bool = Fal
     require_class_count(
         "black box", paths["blackbox_ckpt"], blackbox.head.out_features, num_classes, "evaluate"
     )
-    posthoc = protopnet = None
-    if "posthoc" in paths:
-        posthoc = PostHocPrototypeNetwork.load(
-            paths["posthoc"], blackbox=blackbox, trust_file=trust_file
-        )
-        require_class_count(
-            "post-hoc artifact", paths["posthoc"], posthoc.num_classes, num_classes, "evaluate"
-        )
+    posthocs, protopnet = {}, None
+    for key, path in paths.items():
+        if not key.startswith("posthoc"):
+            continue
+        posthoc = PostHocPrototypeNetwork.load(path, blackbox=blackbox, trust_file=trust_file)
+        require_class_count("post-hoc artifact", path, posthoc.num_classes, num_classes, "evaluate")
+        posthocs[key[len("posthoc[") : -1] if "[" in key else ""] = posthoc
     if "protopnet_ckpt" in paths:
         protopnet = ProtoPNet.load_checkpoint(paths["protopnet_ckpt"], trust_file=trust_file)
         require_class_count(
@@ -107,4 +155,4 @@ def load_models(paths: dict[str, Path], num_classes: int, trust_file: bool = Fal
         if "kmex_artifact" in paths
         else None
     )
-    return Models(blackbox, posthoc, protopnet, paths, kmex)
+    return Models(blackbox, posthocs, protopnet, paths, kmex)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from proto_lightning.errors import ConfigKeyError
-from proto_lightning.evaluation.artifacts import Models
+from proto_lightning.evaluation.artifacts import Models, posthoc_key
 from proto_lightning.explainers import (
     Explainer,
     GradCAMExplainer,
@@ -23,9 +23,7 @@ Normalisation = tuple[Sequence[float], Sequence[float]]
 EXPLAINERS: dict[
     str, Callable[[Models, Mapping[str, Any], int, Normalisation], Explainer | None]
 ] = {
-    "posthoc": lambda models, settings, seed, norm: (
-        PostHocExplainer(models.posthoc) if models.posthoc is not None else None
-    ),
+    "posthoc": lambda models, settings, seed, norm: None,  # one per network: `posthoc_explainers`
     "protopnet": lambda models, settings, seed, norm: (
         ProtoPNetExplainer(models.protopnet) if models.protopnet is not None else None
     ),
@@ -60,8 +58,26 @@ def build_explainers(
         raise ConfigKeyError(
             f"evaluation.methods names {unknown}; known methods: {sorted(EXPLAINERS)}"
         )
-    built = {m: EXPLAINERS[m](models, settings, seed, normalisation) for m in methods}
+    built = {}
+    for m in methods:
+        if m == "posthoc":
+            built.update(posthoc_explainers(models))
+        else:
+            built[m] = EXPLAINERS[m](models, settings, seed, normalisation)
     return {m: explainer for m, explainer in built.items() if explainer is not None}
+
+
+def posthoc_explainers(models: Models) -> dict[str, Explainer]:
+    """A row per post-hoc PPN: key `posthoc` (one network) or `posthoc[<label>]` (several)."""
+    return {
+        posthoc_key(label): PostHocExplainer(network, label)
+        for label, network in models.posthocs.items()
+    }
+
+
+def method_kind(key: str) -> str:
+    """The `evaluation.methods` name of an explainer's key (`posthoc[k3]` -> `posthoc`)."""
+    return key.split("[", 1)[0]
 
 
 # rows a method's named variants add (`evaluation.lime.variant=quick`: "LIME (quick)")

@@ -19,7 +19,8 @@ SECTIONS = (
 )
 
 
-def _image(path: Path) -> str:
+def image_html(path: Path) -> str:
+    """A PNG embedded in the page (base64), captioned with its file name."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return (
         f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
@@ -60,14 +61,6 @@ def write_report(
 ) -> Path:
     """Write the page: table and notes, every figure (base64 PNG) by section, the configuration."""
     parts = [
-        "<!doctype html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
-        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
-        "img{max-width:100%}figure{margin:1em 0}pre{background:#f6f6f6;padding:1em;overflow:auto}"
-        "</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
         "<h2>Results</h2>",
         _table(rows),
         "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>",
@@ -80,10 +73,25 @@ def write_report(
     for prefix, heading in SECTIONS:
         shown = [p for p in remaining if p.stem.startswith(prefix)]
         if shown:
-            parts += [f"<h2>{html.escape(heading)}</h2>", *map(_image, shown)]
+            parts += [f"<h2>{html.escape(heading)}</h2>", *map(image_html, shown)]
             remaining = [p for p in remaining if p not in shown]
     if remaining:
-        parts += ["<h2>More figures</h2>", *map(_image, remaining)]
-    parts += ["<h2>Configuration</h2>", f"<pre>{html.escape(config_yaml)}</pre>", "</body></html>"]
-    path.write_text("\n".join(parts), encoding="utf-8")
+        parts += ["<h2>More figures</h2>", *map(image_html, remaining)]
+    parts += ["<h2>Configuration</h2>", f"<pre>{html.escape(config_yaml)}</pre>"]
+    path.write_text(html_page(title, parts), encoding="utf-8")
     return path
+
+
+def html_page(title: str, parts: Sequence[str]) -> str:
+    """A self-contained page: the title as heading, then `parts` (HTML), in the reports' style."""
+    head = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+        "img{max-width:100%}figure{margin:1em 0}pre{background:#f6f6f6;padding:1em;overflow:auto}"
+        "</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    return "\n".join([*head, *parts, "</body></html>"])

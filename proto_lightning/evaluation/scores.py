@@ -19,7 +19,11 @@ from proto_lightning.metrics.part_consistency import (
     stability,
     visible_parts,
 )
-from proto_lightning.metrics.part_peaks import prototype_peak_parts
+from proto_lightning.metrics.part_peaks import (
+    defining_parts_found,
+    on_part_share,
+    prototype_peak_parts,
+)
 
 
 @torch.no_grad()
@@ -150,6 +154,24 @@ def stability_score(coverage: PartCoverage, num_classes: int) -> float:
     return float(
         stability(coverage.covered, coverage.covered_noisy, coverage.labels, num_classes).nanmean()
     )
+
+
+def part_statistics(
+    coverage: PartCoverage, num_classes: int, threshold: float, defining: list[int] | None = None
+) -> dict[str, Callable[[np.ndarray], float]]:
+    """Consistency, stability and true-part localisation (and, given the class-defining part ids,
+    the share of them found), each as a statistic of test-image indices: what the table's
+    bootstrap intervals and `compare`'s paired bootstrap resample."""
+    out: dict[str, Callable[[np.ndarray], float]] = {
+        "consistency": lambda idx: consistency_score(coverage.select(idx), num_classes, threshold),
+        "stability": lambda idx: stability_score(coverage.select(idx), num_classes),
+        "part_localisation": lambda idx: on_part_share(coverage.peak_parts[idx]),
+    }
+    if defining:
+        out["defining_parts"] = lambda idx: defining_parts_found(
+            coverage.peak_parts[idx], coverage.labels[idx], num_classes, defining
+        )
+    return out
 
 
 def reference_keypoints_of(dataset) -> Callable[[Mapping], torch.Tensor]:

@@ -22,8 +22,11 @@ class PostHocExplainer:
 
     name = "Post-hoc PPN"
 
-    def __init__(self, model: PostHocPrototypeNetwork) -> None:
+    def __init__(self, model: PostHocPrototypeNetwork, label: str = "") -> None:
+        """`label` names one of several post-hoc networks in a table: `Post-hoc PPN (<label>)`."""
         self.model = model.eval()
+        if label:
+            self.name = f"{PostHocExplainer.name} ({label})"
         self.prototypes_per_class = model.prototypes_per_class
 
     def classifier(self, images: torch.Tensor) -> torch.Tensor:
@@ -35,7 +38,18 @@ class PostHocExplainer:
         return self.model.prototype_maps(images, classes)
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Sum of the target class's prototype maps (B, H, W): the network's `heatmaps`."""
+        """Sum of the target class's prototype maps: the network's `heatmaps`.
+
+        Args:
+            images: normalised images (B, 3, H, W).
+            targets: the class to explain per image (B,).
+
+        Returns:
+            Heatmaps (B, H, W) at the input size.
+
+        Example:
+            >>> # PostHocExplainer(network).explain(images, network(images).argmax(1))
+        """
         return self.model.heatmaps(images, targets)
 
 

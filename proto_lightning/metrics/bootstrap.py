@@ -28,7 +28,25 @@ def bootstrap_estimate(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> Estimate:
-    """`statistic(image_indices)` on all images, and its percentile interval over image resamples."""
+    """A statistic on all images, and its percentile interval over image resamples
+    (`scipy.stats.bootstrap`).
+
+    Args:
+        statistic: image indices (n,) -> the metric on those images.
+        num_images: how many images there are.
+        resamples: bootstrap resamples.
+        confidence: the interval's level.
+        seed: the resampling's seed.
+
+    Returns:
+        `Estimate(value, low, high)`; one image, or a statistic that is not finite, has no interval.
+
+    Example:
+        >>> hits = np.array([1.0, 0.0, 1.0, 1.0])
+        >>> e = bootstrap_estimate(lambda idx: hits[idx].mean(), 4, resamples=200)
+        >>> e.value, e.low <= e.value <= e.high
+        (0.75, True)
+    """
     indices = np.arange(num_images)
     value = float(statistic(indices))
     if num_images < 2 or not np.isfinite(value):
@@ -44,9 +62,3 @@ def bootstrap_estimate(
     )
     interval = result.confidence_interval
     return Estimate(value, float(interval.low), float(interval.high))
-
-
-def mean_estimate(values: np.ndarray, **kwargs) -> Estimate:
-    """Mean of per-image values (N,) with its bootstrap interval."""
-    values = np.asarray(values, dtype=np.float64)
-    return bootstrap_estimate(lambda idx: values[idx].mean(), len(values), **kwargs)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from proto_lightning.config import resolved_container, to_yaml
 from proto_lightning.data import PartDataModule
+from proto_lightning.environment import environment
 from proto_lightning.errors import ProtoLightningError
 from proto_lightning.loggers import is_wandb
 from proto_lightning.models.files import read_torch_file
@@ -61,22 +62,31 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
 
 def start_run(cfg: DictConfig, unused: tuple[str, ...] = ()) -> tuple[Path, PartDataModule]:
     """Seed everything, create the run folder, build the datamodule and record the resolved config
-    (without the `unused` groups, which the shared defaults bring but the stage never reads)."""
+    (without the `unused` groups, which the shared defaults bring but the stage never reads) and,
+    under `environment`, the package versions and devices (`proto_lightning.environment`)."""
     L.seed_everything(cfg.seed, workers=True)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)  # a failure below is marked in it
     datamodule: PartDataModule = build(cfg.data)
     if "model" in cfg and "num_classes" in cfg.model:
         with open_dict(cfg):
             cfg.model.num_classes = datamodule.num_classes
+    return open_run(cfg, unused), datamodule
+
+
+def open_run(cfg: DictConfig, unused: tuple[str, ...] = ()) -> Path:
+    """Create the run folder and record the resolved config there (without the `unused` groups)
+    with the environment (`proto_lightning.environment`)."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     _write_config(cfg, run_dir, unused)
-    return run_dir, datamodule
+    return run_dir
 
 
 @rank_zero_only
 def _write_config(cfg: DictConfig, run_dir: Path, unused: tuple[str, ...]) -> None:
     used = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in unused])
-    (run_dir / "config.yaml").write_text(to_yaml(used))
+    recorded = to_yaml(used) + to_yaml(OmegaConf.create({"environment": environment()}))
+    (run_dir / "config.yaml").write_text(recorded)
     log.info("resolved config written to %s", run_dir / "config.yaml")
 
 

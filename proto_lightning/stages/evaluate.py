@@ -1,4 +1,4 @@
-"""The evaluate stage: black box, post-hoc PPN, ProtoPNet, Grad-CAM and LIME side by side (DESIGN.md section 5)."""
+"""The evaluate stage: black box, post-hoc PPN, ProtoPNet, Grad-CAM and LIME side by side (docs/method.md, "Metrics")."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from proto_lightning.config import resolved_container
 from proto_lightning.distributed import barrier, contiguous_share, gather_images, launch
+from proto_lightning.environment import environment_line
 from proto_lightning.errors import ConfigKeyError, ConfigValueError
 from proto_lightning.evaluation.artifacts import Models, load_models, locate
 from proto_lightning.evaluation.drawing import draw_prototype_grid, nearest_patch_image, to_uint8
@@ -29,18 +29,18 @@ from proto_lightning.evaluation.methods import (
     ROW_NAMES,
     VARIANT_ROW_NAMES,
     build_explainers,
+    method_kind,
 )
+from proto_lightning.evaluation.per_image import MethodValues, RunValues, data_identity
 from proto_lightning.evaluation.report import write_report
 from proto_lightning.evaluation.scores import (
     Faithfulness,
     PartCoverage,
-    consistency_score,
     explain_and_measure,
     faithfulness_subset,
     part_coverage,
     predict,
     reference_keypoints_of,
-    stability_score,
 )
 from proto_lightning.evaluation.table import ResultRow, columns, write_csv, write_markdown
 from proto_lightning.explainers import (
@@ -51,7 +51,6 @@ from proto_lightning.explainers import (
 )
 from proto_lightning.explainers.lime import VARIANTS as LIME_VARIANTS
 from proto_lightning.loggers import log_figures
-from proto_lightning.metrics.bootstrap import Estimate, bootstrap_estimate, mean_estimate
 from proto_lightning.metrics.faithfulness import SUBSTRATES
 from proto_lightning.metrics.part_consistency import (
     PROTOCOLS,
@@ -59,7 +58,6 @@ from proto_lightning.metrics.part_consistency import (
     part_protocol,
     region_half_size,
 )
-from proto_lightning.metrics.part_peaks import defining_parts_found, on_part_share
 from proto_lightning.prototypes.boxes import high_activation_box
 from proto_lightning.prototypes.network import term_caption
 from proto_lightning.settings import require_choice
@@ -77,43 +75,6 @@ PROTOCOL_NOTES = {
     "every annotated part kept",
     "scaled": "ours: torch bicubic peaks, half-size scaled with the input, parts leaving the crop dropped",
 }
-
-
-def exact(value: float) -> Estimate:
-    """A number measured once (not over images): no interval."""
-    return Estimate(value, value, value)
-
-
-def part_scores(
-    coverage: PartCoverage,
-    num_classes: int,
-    threshold: float,
-    boot: dict,
-    defining: list[int] | None = None,
-) -> dict[str, Estimate]:
-    """Consistency, stability and true-part localisation (and, given the class-defining part ids,
-    the share of them found) with their intervals over resampled test images."""
-    n = len(coverage.labels)
-    scores = {
-        "consistency": bootstrap_estimate(
-            lambda idx: consistency_score(coverage.select(idx), num_classes, threshold), n, **boot
-        ),
-        "stability": bootstrap_estimate(
-            lambda idx: stability_score(coverage.select(idx), num_classes), n, **boot
-        ),
-        "part_localisation": bootstrap_estimate(
-            lambda idx: on_part_share(coverage.peak_parts[idx]), n, **boot
-        ),
-    }
-    if defining:
-        scores["defining_parts"] = bootstrap_estimate(
-            lambda idx: defining_parts_found(
-                coverage.peak_parts[idx], coverage.labels[idx], num_classes, defining
-            ),
-            n,
-            **boot,
-        )
-    return scores
 
 
 def defining_part_ids(names: list[str] | None, part_names: list[str]) -> list[int] | None:
@@ -199,9 +160,11 @@ def test_images(
 
 @dataclass
 class Measured:
-    """The table's rows, and per method the gathered deletion/insertion curves and heatmaps."""
+    """The table's rows, their per-image values, and per method the gathered deletion/insertion
+    curves and heatmaps."""
 
     rows: list[ResultRow]
+    values: RunValues
     curves: dict[str, Faithfulness] = field(default_factory=dict)  # by method name
     heatmaps: dict[str, torch.Tensor] = field(default_factory=dict)  # by method key, (S, H, W)
 
@@ -215,17 +178,28 @@ def bootstrap_settings(cfg: DictConfig) -> dict:
 def measure(
     explainers: dict[str, Explainer], models: Models, data: TestImages, datamodule, cfg, device
 ) -> Measured:
-    """Every method's row, after the black box's own."""
-    estimate = partial(mean_estimate, **bootstrap_settings(cfg))
-    accuracy = estimate(data.blackbox_pred == data.labels)
-    measured = Measured([ResultRow("black box", {"accuracy": accuracy, "agreement": exact(1.0)})])
+    """Every method's per-image values and row (each metric with its bootstrap interval over the
+    images), after the black box's own."""
+    parts = cfg.evaluation.parts
+    values = RunValues(
+        data_identity(datamodule, parts.protocol),
+        datamodule.num_classes,
+        parts.threshold,
+        defining_part_ids(parts.defining_parts, list(datamodule.records.part_names)),
+    )
+    values.methods["black box"] = MethodValues(
+        {"accuracy": data.blackbox_pred == data.labels}, exact={"agreement": 1.0}
+    )
+    measured = Measured([], values)
     for key, explainer in explainers.items():
         log.info("evaluating %s on %d test images", explainer.name, len(data.labels))
-        row, curves, heatmaps = measure_method(
+        method, curves, heatmaps = measure_method(
             key, explainer, models, data, datamodule, cfg, device
         )
-        measured.rows.append(row)
+        values.methods[explainer.name] = method
         measured.curves[explainer.name], measured.heatmaps[key] = curves, heatmaps
+    boot = bootstrap_settings(cfg)
+    measured.rows = [ResultRow(name, values.estimates(name, **boot)) for name in values.methods]
     return measured
 
 
@@ -237,12 +211,11 @@ def prediction_scores(explainer: Explainer):
 
 def measure_method(
     key: str, explainer: Explainer, models: Models, data: TestImages, datamodule, cfg, device
-) -> tuple[ResultRow, Faithfulness, torch.Tensor]:
-    """One method's accuracy, agreement, deletion/insertion, cost, and for a prototype network its
-    prototypes, consistency and stability (and the post-hoc PPN's head error)."""
+) -> tuple[MethodValues, Faithfulness, torch.Tensor]:
+    """One method's per-image accuracy, agreement, deletion/insertion and cost, and for a prototype
+    network its prototype count and part coverage (and the post-hoc PPN's head error)."""
     settings = cfg.evaluation
-    estimate = partial(mean_estimate, **bootstrap_settings(cfg))
-    own_model = key in OWN_MODELS
+    own_model = method_kind(key) in OWN_MODELS
     pred = data.blackbox_pred
     if own_model:
         pred = gather_images(
@@ -250,34 +223,37 @@ def measure_method(
             if len(data.share)
             else None
         )
-    values = {
-        "accuracy": estimate(pred == data.labels),
-        "agreement": estimate(pred == data.blackbox_pred),
-    }
     local = (
         explain_and_measure(explainer, data.images, settings) if data.images is not None else None
     )
     heatmaps, seconds = gather_images(local[:2] if local is not None else None)
     curves = gather_images(local[2] if local is not None else None)
-    values["deletion_auc"] = estimate(curves.deletion_auc)
-    values["insertion_auc"] = estimate(curves.insertion_auc)
-    values["seconds_per_image"] = estimate(seconds)
+    values = MethodValues(
+        {
+            "accuracy": pred == data.labels,
+            "agreement": pred == data.blackbox_pred,
+            "deletion_auc": curves.deletion_auc,
+            "insertion_auc": curves.insertion_auc,
+            "seconds_per_image": seconds,
+        }
+    )
     if isinstance(explainer, PrototypeExplainer) and own_model:
-        values.update(prototype_scores(explainer, data, datamodule, cfg, device))
-    if key == "posthoc":  # in float32, the precision of the table's published figures
-        values["head_error"] = exact(models.posthoc.relative_head_error(torch.float32))
-    return ResultRow(explainer.name, values), curves, heatmaps
+        C = datamodule.num_classes
+        values.exact["prototypes"] = float(C * explainer.prototypes_per_class)
+        values.coverage = prototype_coverage(explainer, data, datamodule, cfg, device)
+    if method_kind(key) == "posthoc":  # in float32, the precision of the table's figures
+        values.exact["head_error"] = explainer.model.relative_head_error(torch.float32)
+    return values, curves, heatmaps
 
 
-def prototype_scores(
+def prototype_coverage(
     explainer: PrototypeExplainer, data: TestImages, datamodule, cfg: DictConfig, device
-) -> dict[str, Estimate]:
-    """A prototype network's prototype count and, with part keypoints, consistency, stability and
-    true-part localisation."""
-    C, parts = datamodule.num_classes, cfg.evaluation.parts
-    values = {"prototypes": exact(float(C * explainer.prototypes_per_class))}
+) -> PartCoverage | None:
+    """A prototype network's part coverage of every test image, gathered in image order (for
+    consistency, stability and true-part localisation); None without part keypoints."""
+    parts = cfg.evaluation.parts
     if datamodule.num_parts == 0:
-        return values
+        return None
     coverage = None
     if len(data.share):
         half_size = region_half_size(datamodule.image_size, parts.half_size, parts.protocol)
@@ -293,10 +269,7 @@ def prototype_scores(
             parts.protocol,
             reference_keypoints_of(datamodule.test_set) if parts.protocol == "reference" else None,
         )
-    defining = defining_part_ids(parts.defining_parts, list(datamodule.records.part_names))
-    coverage = gather_images(coverage)
-    scores = part_scores(coverage, C, parts.threshold, bootstrap_settings(cfg), defining)
-    return {**values, **scores}
+    return gather_images(coverage)
 
 
 def table_notes(
@@ -335,6 +308,7 @@ def table_notes(
         ),
         "n/a: the metric does not apply to the method. Paths: "
         + ", ".join(f"{k}={here(v)}" for k, v in models.paths.items()),
+        environment_line(),
     ]
 
 
@@ -377,6 +351,7 @@ def report(
     logger.log_hyperparams(resolved_container(cfg))
     protocol = cfg.evaluation.parts.protocol
     results_csv = write_csv(rows, run_dir / "results.csv", protocol)
+    per_image = measured.values.save(run_dir / "per_image.pt")
     notes = table_notes(cfg, datamodule, data, models, run_dir)
     claim = claim_note(cfg.get("paper_claims"), rows, cfg.evaluation.parts.protocol)
     if claim is not None:
@@ -415,6 +390,7 @@ def report(
     artifacts = {
         "results.md": results_md,
         "results.csv": results_csv,
+        "per_image.pt": per_image,
         "figures": run_dir / "figures",
         "report.html": page,
     }
@@ -520,7 +496,8 @@ def write_figures(
     """Per-image explanation panels, the deletion/insertion curves and each network's prototype gallery."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [curves_figure(folder / "deletion_insertion.png", curves)]
-    posthoc, protopnet = explainers.get("posthoc"), explainers.get("protopnet")
+    posthoc = next((e for k, e in explainers.items() if method_kind(k) == "posthoc"), None)
+    protopnet = explainers.get("protopnet")
     top = settings.figures.top
     shown_images = subset[: settings.figures.images]
     device = models.blackbox.head.weight.device
@@ -529,7 +506,7 @@ def write_figures(
         blackbox_pred = models.blackbox(images).argmax(1).tolist()
         predicted = {  # RISE's rule: each method explains its model's predicted class
             k: explainers[k].classifier(images).argmax(1).tolist()
-            if k in OWN_MODELS
+            if method_kind(k) in OWN_MODELS
             else blackbox_pred
             for k in heatmaps
         }
@@ -558,11 +535,8 @@ def write_figures(
                 explained,
             )
         )
-    for key, model in (
-        ("posthoc", models.posthoc),
-        ("protopnet", models.protopnet),
-        ("kmex", models.kmex),
-    ):
+    named = {f"posthoc-{label}" if label else "posthoc": m for label, m in models.posthocs.items()}
+    for key, model in (*named.items(), ("protopnet", models.protopnet), ("kmex", models.kmex)):
         if model is not None and model.projection is not None:
             paths.append(draw_prototype_grid(model, datamodule, folder / f"{key}_prototypes.png"))
     return paths
