@@ -90,7 +90,9 @@ class PostHocPPN(nn.Module):
         preprocessing: the data's image size, mean and std, recorded in the artifact; checked
             against what the model declares (timm's `pretrained_cfg`) unless `check_preprocessing`
             is False.
-        nmf, refinement, projection: the steps' settings (defaults: the CLI's `conf/model/posthoc.yaml`).
+        nmf: the discovery step's settings (defaults: the CLI's `conf/model/posthoc.yaml`).
+        refinement: the refinement step's settings (likewise).
+        projection: the nearest-patch projection's settings (likewise).
         seed: seeds the factorisation.
         batches: how much of the features one class batch may hold on the device
             (`max_batch_gb`) and how much memory and disk to leave free (`reserve_gb`).
@@ -293,13 +295,35 @@ class PostHocPPN(nn.Module):
     def explain(self, images: torch.Tensor, target: torch.Tensor | int | None = None) -> list:
         """Per image, the explained class's prototype terms, ranked (`PostHocNetwork.explain`).
 
+        Args:
+            images: images (B, 3, H, W) or one image (3, H, W), normalised as the model expects.
+            target: the class to explain, one per image or one for all; None: the predicted class.
+
+        Returns:
+            One `PrototypeExplanation` per image: its `label`, the prototypes' `contributions`
+            (ranked; they sum with the head's bias to the class's logit), their `heatmaps` and
+            `upsampled` maps, `against` (negative terms) and `terms()` as text.
+
         Example:
             >>> # e = ppn.explain(image)[0]; e.contributions.sum() + bias == logit of e.label
+            >>> # e.terms() -> ['p2: +0.31 for', 'p0: -0.12 against']
         """
         return self.fitted.explain(images, target)
 
     def heatmaps(self, images: torch.Tensor, targets: torch.Tensor | int) -> torch.Tensor:
-        """The targets' class heatmaps (B, H, W) at the input size (`PostHocNetwork.heatmaps`)."""
+        """The targets' class heatmaps at the input size (`PostHocNetwork.heatmaps`): the sum of the
+        class's prototype maps, which equals its class activation map.
+
+        Args:
+            images: images (B, 3, H, W).
+            targets: the class of each image (B,), or one class for all.
+
+        Returns:
+            Heatmaps (B, H, W), the explainer interface every method answers.
+
+        Example:
+            >>> # ppn.heatmaps(images, 3).shape == images.shape[:1] + images.shape[2:]
+        """
         return self.fitted.heatmaps(images, targets)
 
     def relative_head_error(self) -> float:
@@ -314,7 +338,18 @@ class PostHocPPN(nn.Module):
     # ---- files ----------------------------------------------------------------------------------
 
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        """Write the fitted network as one artifact of tensors and plain values (`weights_only`)."""
+        """Write the fitted network as one artifact of tensors and plain values, atomically.
+
+        Args:
+            path: the file to write (e.g. `posthoc.pt`); read back with `PostHocPPN.load`.
+            metadata: plain values to keep with it (a dataset name, a note).
+
+        Returns:
+            The path written. The file loads with `torch.load(weights_only=True)`.
+
+        Example:
+            >>> # ppn.save("posthoc.pt", metadata={"data": "birds"})
+        """
         metadata = {"family": self.family, "made_by": "PostHocPPN", **(metadata or {})}
         return self.fitted.save(path, metadata)
 
@@ -328,6 +363,15 @@ class PostHocPPN(nn.Module):
     ) -> PostHocPPN:
         """Restore a saved network onto `model`, checked to be the one it was made from (its head
         weights and a probe fingerprint of its body).
+
+        Args:
+            path: a file `save` wrote.
+            model: the classifier it was made from (shared, never copied or changed).
+            features: as given to the constructor, for a model split by hand.
+            head: likewise.
+
+        Returns:
+            The fitted `PostHocPPN`; a file of another model is refused with the reason.
 
         Example:
             >>> # ppn.save("posthoc.pt"); ppn = PostHocPPN.load("posthoc.pt", model=model)

@@ -162,7 +162,7 @@ def test_explain_ranks_contributions_that_sum_to_the_logit(decomposed):
         assert torch.isclose(
             e.contributions.sum() + model.bias[e.label], logits[b, e.label], atol=1e-5
         )
-        # each contribution is its heatmap's mean (DESIGN.md 2.4), computed independently
+        # each contribution is its heatmap's mean (docs/method.md, "The network"), computed independently
         assert torch.allclose(e.heatmaps.mean((1, 2)), e.contributions, atol=1e-5)
         assert e.upsampled.shape[-2:] == (48, 48)
         assert {"image_id", "location", "rf_box", "high_activation_box"} <= e.nearest[0].keys()

@@ -1,4 +1,4 @@
-"""Log how exactly the post-hoc network reconstructs the black box's head (DESIGN.md 5, head reconstruction)."""
+"""Log how exactly the post-hoc network reconstructs the black box's head (docs/method.md, "Metrics": head reconstruction)."""
 
 from __future__ import annotations
 

@@ -82,7 +82,7 @@ def _ids_to_rows(path: Path, rows: list[list[str]], position: dict[int, int]) ->
 
 
 def read_cub_layout(root: str | Path, need_boxes: bool = False) -> ImageRecords:
-    """Read a dataset in the CUB-200-2011 layout (DESIGN.md 5b) into `ImageRecords`."""
+    """Read a dataset in the CUB-200-2011 layout (docs/own-model.md, "Real data") into `ImageRecords`."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetLayoutError(

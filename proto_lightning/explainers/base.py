@@ -19,7 +19,15 @@ class Explainer(Protocol):
         ...
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) and target classes (B,) -> heatmaps (B, H, W), larger = more evidence."""
+        """Heatmaps of the target classes, larger = more evidence.
+
+        Args:
+            images: normalised images (B, 3, H, W).
+            targets: the class to explain per image (B,).
+
+        Returns:
+            Heatmaps (B, H, W) at the input size.
+        """
         ...
 
 

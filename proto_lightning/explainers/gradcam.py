@@ -23,7 +23,15 @@ class _TappedBlackBox(nn.Module):
 
 
 class GradCAMExplainer:
-    """ReLU of the gradient-weighted last feature map, upsampled bilinearly to the input."""
+    """ReLU of the gradient-weighted last feature map, upsampled bilinearly to the input (captum's
+    `LayerGradCam`, equal to pytorch-grad-cam's `GradCAM` on the same layer).
+
+    Args:
+        net: the black box (`BlackBoxNet`: features -> mean -> linear head).
+
+    Example:
+        >>> # GradCAMExplainer(net).explain(images, net(images).argmax(1))  # (B, H, W)
+    """
 
     name = "Grad-CAM"
 
@@ -37,7 +45,15 @@ class GradCAMExplainer:
         return self.net(images)
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Grad-CAM heatmaps (B, H, W) for the target classes."""
+        """Grad-CAM heatmaps for the target classes.
+
+        Args:
+            images: normalised images (B, 3, H, W).
+            targets: the class to explain per image (B,).
+
+        Returns:
+            Heatmaps (B, H, W) at the input size, non-negative.
+        """
         with torch.enable_grad():
             maps = self._gradcam.attribute(images, target=targets, relu_attributions=True)
         return to_input_size(maps[:, 0].detach(), images)  # (B, h, w) -> (B, H, W)

@@ -52,12 +52,17 @@ class LimeExplainer:
     Args:
         net: the black box, normalised images (B, 3, H, W) -> logits (B, C).
         variant: `reference` (lime_image's defaults) or `quick` (SLIC, fewer samples).
-        samples, quick_samples: samples per image of each variant (lime_image: 1000).
-        segments, compactness: SLIC's settings (quick variant).
-        kernel_size, max_dist, ratio: quickshift's settings (reference variant).
+        samples: samples per image of the reference variant (lime_image: 1000).
+        quick_samples: samples per image of the quick variant.
+        segments: SLIC's segment count (quick variant).
+        compactness: SLIC's compactness (quick variant).
+        kernel_size: quickshift's kernel size (reference variant).
+        max_dist: quickshift's maximum distance (reference variant).
+        ratio: quickshift's colour/space ratio (reference variant).
         kernel_width: the kernel's width on the cosine distance (lime_image: 0.25).
         batch_size: perturbed images per forward pass.
-        mean, std: the data's normalisation, undone for the package (it segments RGB in [0, 1]).
+        mean: the data's normalisation mean, undone for the package (it segments RGB in [0, 1]).
+        std: the data's normalisation std.
         seed: seeds the sampler and the segmentation.
 
     Example:
@@ -137,7 +142,15 @@ class LimeExplainer:
         return explanation.segments, dict(explanation.local_exp[target])
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """LIME heatmaps (B, H, W): each pixel carries its superpixel's surrogate weight."""
+        """LIME heatmaps: each pixel carries its superpixel's surrogate weight.
+
+        Args:
+            images: normalised images (B, 3, H, W), explained one at a time.
+            targets: the class to explain per image (B,).
+
+        Returns:
+            Heatmaps (B, H, W) at the input size.
+        """
         heatmaps = []
         for image, target in zip(images, targets.tolist(), strict=True):
             segments, weights = self.weights(image, target)

@@ -1,1 +1,1 @@
-"""Metrics, each its own small module (DESIGN.md section 5)."""
+"""Metrics, each its own small module (docs/method.md, "Metrics")."""

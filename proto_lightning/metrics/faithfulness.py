@@ -120,9 +120,27 @@ def causal_curves(
     batch_size: int = 256,
     on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Deletion or insertion curves (B, n + 1) of images (B, 3, H, W) under heatmaps (B, H, W), batched over images and steps.
+    """Deletion or insertion curves of images under heatmaps, batched over images and steps
+    (Petsiuk et al. 2018, as eclique/RISE's `CausalMetric` computes them).
 
-    `on_batch(n)` is told after every forward pass how many perturbed images it ran (progress).
+    Args:
+        model: normalised images (B, 3, H, W) -> logits (B, C); the curve is the softmax
+            probability of `targets`.
+        images: normalised images (B, 3, H, W).
+        heatmaps: (B, H, W); pixels are removed (inserted) from the highest value down.
+        targets: the class per image (B,), RISE's rule: the model's prediction on the clean image.
+        mode: `deletion` (from the image to the substrate) or `insertion` (the other way).
+        steps: pixels per step are H W / steps (RISE: 224 at 224 x 224).
+        substrate_kind: `zero`, `blur` (RISE's insertion substrate), `gaussian` or `mean`.
+        batch_size: perturbed images per forward pass.
+        on_batch: told after every forward pass how many perturbed images it ran (progress).
+
+    Returns:
+        Curves (B, n + 1), n the number of steps; `area_under_curve` gives their AUCs.
+
+    Example:
+        >>> # curves = causal_curves(net, x, maps, net(x).argmax(1), "deletion", steps=25)
+        >>> # area_under_curve(curves)  # (B,), lower is better for deletion
     """
     B, _, H, W = images.shape
     start, finish = _endpoints(images, mode, substrate_kind)
@@ -170,5 +188,16 @@ def causal_curve_loop(
 
 
 def area_under_curve(curves: torch.Tensor) -> torch.Tensor:
-    """Trapezoidal AUC of curves (B, n + 1) sampled evenly on [0, 1] -> (B,)."""
+    """Trapezoidal AUC of curves sampled evenly on [0, 1] (RISE's `auc`).
+
+    Args:
+        curves: (B, n + 1), e.g. from `causal_curves`.
+
+    Returns:
+        (B,): per curve, (sum - first / 2 - last / 2) / n.
+
+    Example:
+        >>> area_under_curve(torch.tensor([[1.0, 0.5, 0.0]])).tolist()
+        [0.5]
+    """
     return torch.trapezoid(curves, dx=1.0 / (curves.shape[1] - 1), dim=1)

@@ -165,14 +165,48 @@ def consistency(
     num_classes: int,
     threshold: float = 0.8,
 ) -> torch.Tensor:
-    """Per prototype (C, k) bool: does some part's covered share reach the threshold."""
+    """Per prototype: does some part's covered share reach the threshold (EvalProtoPNet's
+    `evaluate_consistency`).
+
+    Args:
+        covered: (N, k, P) bool, the parts each of the image's own-class prototypes' regions cover.
+        visible: (N, P) bool, the parts visible in each image.
+        labels: (N,) each image's class.
+        num_classes: C.
+        threshold: the share of a class's images on which a part must be covered (0.8).
+
+    Returns:
+        (C, k) bool; the metric is its mean.
+
+    Example:
+        >>> covered = torch.ones(2, 1, 1, dtype=torch.bool)
+        >>> consistency(covered, torch.ones(2, 1, dtype=torch.bool), torch.tensor([0, 0]), 1).tolist()
+        [[True]]
+    """
     return (part_frequencies(covered, visible, labels, num_classes) >= threshold).any(dim=-1)
 
 
 def stability(
     covered: torch.Tensor, covered_noisy: torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> torch.Tensor:
-    """Per prototype (C, k): share of its class's images whose covered parts are unchanged by noise (NaN: no image)."""
+    """Per prototype: the share of its class's images whose covered parts are unchanged by noise
+    (EvalProtoPNet's `evaluate_stability`).
+
+    Args:
+        covered: (N, k, P) bool, covered parts on the clean images.
+        covered_noisy: (N, k, P) bool, on the same images with the reference noise (`perturb`).
+        labels: (N,) each image's class.
+        num_classes: C.
+
+    Returns:
+        (C, k) float; NaN for a class without images. The metric is its mean over the rest.
+
+    Example:
+        >>> clean = torch.tensor([[[True]], [[True]]])
+        >>> noisy = torch.tensor([[[True]], [[False]]])
+        >>> stability(clean, noisy, torch.tensor([0, 0]), 1).tolist()
+        [[0.5]]
+    """
     same = (covered == covered_noisy).all(dim=-1).float()  # (N, k)
     kept = torch.zeros(num_classes, same.shape[1], device=same.device).index_add_(0, labels, same)
     count = torch.bincount(labels, minlength=num_classes).float()  # (C,)

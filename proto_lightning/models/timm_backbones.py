@@ -1,6 +1,6 @@
 """timm models as black-box bodies: a spatial feature map whose mean is exactly what the head reads.
 
-The post-hoc network needs logits = V . mean_hw(f) + b (DESIGN.md 2.5). A timm model qualifies when
+The post-hoc network needs logits = V . mean_hw(f) + b (docs/method.md, "The network"). A timm model qualifies when
 its classifier is linear on the spatial average of a map, possibly after a LayerNorm of that average:
   - CNNs (ResNet, EfficientNet, RegNet ...): `forward_features` is the map, the head pools it;
   - ConvNeXt: the head is pool -> LayerNorm -> linear; ViTs built with `global_pool='avg'`: the mean

@@ -1,6 +1,6 @@
 """Decompose a linear head V (C, D) into k part-prototypes per class with sum_i p~_i = v_c exactly.
 
-Tan, Zhou & Chen (ICML 2024), DESIGN.md section 2:
+Tan, Zhou & Chen (ICML 2024), docs/method.md:
   1. discovery   F_c ~ E P by NMF, or semi-NMF for signed features (`nmf.py`), P = (p_1..p_k) the
                  part bases, E's columns the part maps;
   2. coefficients alpha = argmin ||v_c - sum_i alpha_i p_i||^2 (minimum-norm least squares, pinv);

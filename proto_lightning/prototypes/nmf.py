@@ -1,6 +1,6 @@
 """Batched (semi-)non-negative matrix factorisation F ~ E P (Frobenius loss) in torch, one problem per class.
 
-DESIGN.md 2.1: for each class c, min_{E>=0, P>=0} ||F_c - E P||_F^2 with F_c (n_c HW, D), E (n_c HW, k),
+docs/method.md, "Discovery": for each class c, min_{E>=0, P>=0} ||F_c - E P||_F^2 with F_c (n_c HW, D), E (n_c HW, k),
 P (k, D). Solver: hierarchical alternating least squares (HALS; Cichocki & Phan 2009, "Fast local
 algorithms for large scale nonnegative matrix and tensor factorizations"), the same
 coordinate-wise update scikit-learn's `NMF(solver="cd")` uses. All classes are solved together as
@@ -8,7 +8,7 @@ one batch (zero-padded to the largest class: a zero row of F keeps its row of E 
 changes nothing), which is what makes it fast on a GPU. Initialisation follows scikit-learn's
 `init="random"`: |N(0, 1)| * sqrt(mean(F) / k), seeded.
 
-Signed features (after LayerNorm, GELU or SiLU; DESIGN.md 2.5) get semi-NMF (Ding, Li & Jordan 2010,
+Signed features (after LayerNorm, GELU or SiLU; docs/method.md, "Discovery") get semi-NMF (Ding, Li & Jordan 2010,
 "Convex and semi-nonnegative matrix factorizations", TPAMI): min ||F - E P||^2 with only E >= 0 (the
 part maps) and P signed (the bases). Their alternating scheme is kept: P is the exact least-squares
 solution given E, P = (E^T E)^+ E^T F; E's update is the HALS step above (an exact minimisation over

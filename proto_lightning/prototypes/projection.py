@@ -1,6 +1,6 @@
 """Nearest training patch of each query vector (prototype), shared by the post-hoc PPN and ProtoPNet's push.
 
-DESIGN.md section 4. Patches are added batch by batch (streaming) into exact FAISS flat indexes, one
+docs/method.md, "Projection". Patches are added batch by batch (streaming) into exact FAISS flat indexes, one
 per class, so a search can be restricted to the query's class and memory is bounded by the indexes
 themselves. An unrestricted search, a search over several classes and a search over several DDP
 shards all reduce the same way: `merge_nearest` keeps, per query, the candidate of smallest distance.
