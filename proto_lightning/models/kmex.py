@@ -96,14 +96,37 @@ class KMExNetwork(FrozenPrototypes, nn.Module):
         return nearest_patch(self, label, i)
 
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        """Write the artifact (tensors and plain values only) atomically."""
+        """Write the artifact (tensors and plain values only) atomically.
+
+        Args:
+            path: the file to write (`kmex.pt`).
+            metadata: plain values to keep with it.
+
+        Returns:
+            The path written.
+
+        Example:
+            >>> # kmex.save("kmex.pt"); KMExNetwork.load("kmex.pt", blackbox=net)
+        """
         return self.write_artifact(path, ARTIFACT_FORMAT, metadata, epsilon=self.epsilon)
 
     @classmethod
     def load(
         cls, path: str | Path, blackbox: BlackBoxNet | str | Path | None = None
     ) -> KMExNetwork:
-        """Restore an artifact (read as data); `blackbox`, if given, must be the one it was made from."""
+        """Restore an artifact, read as data.
+
+        Args:
+            path: a `kmex.pt` that `save` (or `decompose kmex.enabled=true`) wrote.
+            blackbox: the black box it was made from (a network or its checkpoint); checked when
+                given.
+
+        Returns:
+            The `KMExNetwork`.
+
+        Example:
+            >>> # KMExNetwork.load("runs/decompose/<date>/kmex.pt", blackbox=net)
+        """
         state = read_torch_file(
             path, "KMEx artifact", "run `proto-lightning decompose kmex.enabled=true`"
         )

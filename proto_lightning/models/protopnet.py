@@ -278,7 +278,18 @@ class ProtoPNet(L.LightningModule):
         self, x: torch.Tensor, target: torch.Tensor | int | None = None
     ) -> list[PrototypeExplanation]:
         """Per image, the predicted (or target) class c's own prototypes j: contribution w_cj max sim_j,
-        similarity map sim_j (h, w) and its bicubic upsampling (as the official local analysis)."""
+        similarity map sim_j (h, w) and its bicubic upsampling (as the official local analysis).
+
+        Args:
+            x: normalised images (B, 3, H, W) or one image (3, H, W).
+            target: the class to explain, per image or one for all; None: the predicted class.
+
+        Returns:
+            One `PrototypeExplanation` per image, its terms ranked by contribution.
+
+        Example:
+            >>> # ProtoPNet.load_checkpoint("last.ckpt").explain(image)[0].terms()
+        """
         similarity = self.net.similarity(self.net.l2_distances(self.net.conv_features(x)))
         logits = self.net.last_layer(similarity.flatten(2).max(2).values)  # (B, C), = forward
         labels = (
@@ -429,7 +440,20 @@ class ProtoPNet(L.LightningModule):
         cls, path: str | Path, map_location: str = "cpu", trust_file: bool = False
     ) -> ProtoPNet:
         """Load a ProtoPNet checkpoint (weights and last push) with a clear error for a missing or
-        foreign file (read as data; `trust_file` unpickles any object: only for a file the user made)."""
+        foreign file.
+
+        Args:
+            path: a checkpoint of the `protopnet` stage (`last.ckpt`).
+            map_location: where the tensors go.
+            trust_file: unpickle any object (runs code): only for a file you made yourself; by
+                default the file is read as data (`weights_only=True`).
+
+        Returns:
+            The `ProtoPNet` module, with its last push's projection.
+
+        Example:
+            >>> # net = ProtoPNet.load_checkpoint("runs/protopnet/<date>/checkpoints/last.ckpt")
+        """
         checkpoint = read_torch_file(
             path,
             "ProtoPNet checkpoint",
