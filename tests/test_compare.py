@@ -266,3 +266,14 @@ def test_stage_logs_the_wandb_table_and_names_columns_by_request(fake_runs, tmp_
     with (result.run_dir / "compare.csv").open() as f:
         assert {r["seed"] for r in csv.DictReader(f)} == {"0", "1", "2"}
     assert "environment" in yaml.safe_load((result.run_dir / "config.yaml").read_text())
+
+
+def test_posthoc_rows_are_named_by_where_their_paths_differ():
+    from proto_lightning.evaluation.artifacts import posthoc_labels
+
+    two = posthoc_labels(["runs/k2/decompose/posthoc.pt", "runs/k3/decompose/posthoc.pt"])
+    assert list(two) == ["k2", "k3"]
+    assert posthoc_labels({"k2": "a.pt"}) == {"k2": Path("a.pt")}
+    assert posthoc_labels("a.pt") == {"": Path("a.pt")}
+    with pytest.raises(ConfigValueError, match="twice"):
+        posthoc_labels(["a.pt", "a.pt"])

@@ -223,3 +223,31 @@ def test_a_cub_experiments_claim_is_written_under_the_table(tiny_demo, stage_con
     result = run_evaluate(cfg)
     text = result.artifacts["results.md"].read_text()
     assert "consistency +9.4 points claimed, measured here over ProtoPNet" in text
+
+
+def test_artifacts_of_another_data_split_are_refused_in_one_line(tiny_demo, parts_root, tmp_path):
+    """The demo's networks were projected onto seed 0's training split; `seed=1` carves another
+    validation split, so some pushed images are not training images there: one line, as a user sees
+    it, instead of a KeyError while drawing."""
+    import subprocess
+    import sys
+
+    from tests.helpers import fast_overrides
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "proto_lightning",
+            "evaluate",
+            f"from_run={tiny_demo.run_dir}",
+            "seed=1",
+            *fast_overrides(parts_root, tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not in this run's training split" in lines[0], lines

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from proto_lightning.errors import ConfigValueError, MissingArtifactError
@@ -50,6 +51,27 @@ class Models:
         """Every loaded model, the black box first."""
         models = (self.blackbox, *self.posthocs.values(), self.protopnet, self.kmex)
         return [m for m in models if m is not None]
+
+
+def require_projected_rows(models: Models, push_rows: np.ndarray) -> None:
+    """Every prototype network was projected onto images of this run's training split; one made
+    with other data settings (another `seed` picks another validation split) is refused, naming the
+    file, before any image is explained."""
+    named = {posthoc_key(k): m for k, m in models.posthocs.items()}
+    named.update({"protopnet_ckpt": models.protopnet, "kmex_artifact": models.kmex})
+    for key, model in named.items():
+        projection = getattr(model, "projection", None)
+        if projection is None:
+            continue
+        rows = np.asarray(projection.rows)
+        missing = np.setdiff1d(rows[rows >= 0], push_rows)
+        if len(missing):
+            raise ConfigValueError(
+                f"{key} {models.paths.get(key, '')} was projected onto training images that are not "
+                f"in this run's training split (dataset row {int(missing[0])}, and "
+                f"{len(missing) - 1} more): evaluate it with the data settings of the run that made "
+                "it (the same data.root, data.val_fraction and seed)"
+            )
 
 
 def posthoc_key(label: str) -> str:

@@ -16,7 +16,12 @@ from proto_lightning.config import resolved_container
 from proto_lightning.distributed import barrier, contiguous_share, gather_images, launch
 from proto_lightning.environment import environment_line
 from proto_lightning.errors import ConfigKeyError, ConfigValueError
-from proto_lightning.evaluation.artifacts import Models, load_models, locate
+from proto_lightning.evaluation.artifacts import (
+    Models,
+    load_models,
+    locate,
+    require_projected_rows,
+)
 from proto_lightning.evaluation.drawing import draw_prototype_grid, nearest_patch_image, to_uint8
 from proto_lightning.evaluation.figures import (
     PrototypeTerm,
@@ -425,6 +430,7 @@ def run_evaluate(cfg: DictConfig) -> StageResult:
     datamodule.setup("test")
     defining_part_ids(cfg.evaluation.parts.defining_parts, list(datamodule.records.part_names))
     models = load_models(locate(cfg), datamodule.num_classes, cfg.trust_file)
+    require_projected_rows(models, datamodule.push_set.rows)
     fabric = launch(cfg.trainer)
     rank, world = fabric.global_rank, fabric.world_size
     device = fabric.device if world > 1 else stage_device(cfg)
