@@ -335,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
     """Run a stage or tool from Python: `main(["decompose", "blackbox_ckpt=bb.ckpt"])`.
 
     Returns the stage's `StageResult` (run folder, artifact paths, metrics; a list for a multirun,
-    the folder for make-dataset) and raises the typed error (`ProtoLightningError` and its kinds)
+    ending with its `compare` result when the points evaluated; the folder for make-dataset) and raises the typed error (`ProtoLightningError` and its kinds)
     instead of exiting; `sys.argv` is left as it was. With no `argv` it is the console script
     (`console_main`): the command line in, an exit code out.
 

@@ -277,3 +277,18 @@ def test_posthoc_rows_are_named_by_where_their_paths_differ():
     assert posthoc_labels("a.pt") == {"": Path("a.pt")}
     with pytest.raises(ConfigValueError, match="twice"):
         posthoc_labels(["a.pt", "a.pt"])
+
+
+def test_a_named_posthoc_row_is_a_known_objective():
+    """A sweep may optimise one of several post-hoc networks' rows; an unknown row is refused."""
+    import proto_lightning.stages.evaluate as evaluate
+    from proto_lightning.cli import check_objective
+    from proto_lightning.config import compose_config
+    from proto_lightning.errors import ConfigKeyError
+
+    posthoc = "posthoc=[runs/k2/posthoc.pt,runs/k3/posthoc.pt]"
+    good = compose_config("evaluate", [posthoc, "objective='Post-hoc PPN (k3)/consistency'"])
+    check_objective("evaluate", good, evaluate)
+    bad = compose_config("evaluate", [posthoc, "objective='Post-hoc PPN (k4)/consistency'"])
+    with pytest.raises(ConfigKeyError, match="not a metric"):
+        check_objective("evaluate", bad, evaluate)

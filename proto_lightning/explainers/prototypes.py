@@ -25,9 +25,13 @@ class PostHocExplainer:
     def __init__(self, model: PostHocPrototypeNetwork, label: str = "") -> None:
         """`label` names one of several post-hoc networks in a table: `Post-hoc PPN (<label>)`."""
         self.model = model.eval()
-        if label:
-            self.name = f"{PostHocExplainer.name} ({label})"
+        self.name = self.row_name(label)
         self.prototypes_per_class = model.prototypes_per_class
+
+    @classmethod
+    def row_name(cls, label: str = "") -> str:
+        """The table row of a post-hoc network: `Post-hoc PPN`, or `Post-hoc PPN (<label>)`."""
+        return f"{cls.name} ({label})" if label else cls.name
 
     def classifier(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, C), equal to the black box's."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from proto_lightning.evaluation.artifacts import (
     Models,
     load_models,
     locate,
+    posthoc_labels,
     require_projected_rows,
 )
 from proto_lightning.evaluation.drawing import draw_prototype_grid, nearest_patch_image, to_uint8
@@ -471,11 +472,12 @@ def headline_metrics(rows: list[ResultRow], protocol: str) -> dict[str, float]:
     }
 
 
-def metric_names(methods: list[str]) -> set[str]:
+def metric_names(methods: list[str], posthoc_labels: Sequence[str] = ()) -> set[str]:
     """Every metric name an evaluation of `methods` can report (a method's row may lack some), under
-    either protocol."""
+    either protocol; `posthoc_labels` name several post-hoc networks' rows (`posthoc=[...]`)."""
     rows = ["black box", *(ROW_NAMES[m] for m in methods if m in ROW_NAMES)]
     rows += [name for m in methods for name in VARIANT_ROW_NAMES.get(m, [])]
+    rows += [PostHocExplainer.row_name(label) for label in posthoc_labels if label]
     return {
         f"{row}/{metric_label(key, protocol)}"
         for row in rows
@@ -486,7 +488,9 @@ def metric_names(methods: list[str]) -> set[str]:
 
 def reported_metrics(cfg: DictConfig) -> set[str]:
     """The stage's metric names with this config, known before it runs (see `objective`)."""
-    return metric_names(list(cfg.evaluation.methods))
+    given = cfg.get("posthoc")
+    given = OmegaConf.to_container(given) if OmegaConf.is_config(given) else given
+    return metric_names(list(cfg.evaluation.methods), list(posthoc_labels(given)))
 
 
 def write_figures(
