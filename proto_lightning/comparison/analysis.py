@@ -192,7 +192,7 @@ def differences_within_run(
 ) -> list[DifferenceRow]:
     """Paired bootstraps over the images of the group's one run, for every ranked metric both
     methods were measured on (none when the run kept no per-image values)."""
-    values = group.runs[0].values()
+    values = group.runs[0].values
     if values is None:
         return []
     rows = []

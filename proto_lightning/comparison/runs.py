@@ -37,17 +37,18 @@ class EvaluatedRun:
 
     folder: Path
     results: dict[str, dict[str, Estimate]]
+    protocol: str  # the part protocol results.csv names
     config: dict[str, str] = field(default_factory=dict)
-    identity: dict[str, str] = field(default_factory=dict)
+    values: RunValues | None = None  # per_image.pt, absent for runs of older versions
 
     @property
-    def per_image(self) -> Path:
-        """The run's per-image values (`per_image.pt`, absent for runs of older versions)."""
-        return self.folder / "per_image.pt"
-
-    def values(self) -> RunValues | None:
-        """The per-image values, or None when the run has none."""
-        return RunValues.load(self.per_image) if self.per_image.is_file() else None
+    def identity(self) -> dict[str, str]:
+        """per_image.pt's identity; only the part protocol for a run without per-image values."""
+        return (
+            dict(self.values.identity)
+            if self.values is not None
+            else {"part_protocol": self.protocol}
+        )
 
 
 def find_results(patterns: list[str]) -> list[Path]:
@@ -114,16 +115,15 @@ def is_setting(key: str) -> bool:
 
 
 def read_run(results_csv: Path) -> EvaluatedRun:
-    """The run of a results.csv: table, config (config.yaml beside it, when there) and identity
-    (per_image.pt's; only the part protocol for a run without per-image values)."""
+    """The run of a results.csv: table, config (config.yaml beside it, when there) and per-image
+    values (per_image.pt beside it, when there), each read once."""
     folder = results_csv.parent
     results, protocol = read_results(results_csv)
     config_file = folder / "config.yaml"
     config = flatten(yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
-    run = EvaluatedRun(folder, results, config)
-    values = run.values()
-    run.identity = dict(values.identity) if values is not None else {"part_protocol": protocol}
-    return run
+    per_image = folder / "per_image.pt"
+    values = RunValues.load(per_image) if per_image.is_file() else None
+    return EvaluatedRun(folder, results, protocol, config, values)
 
 
 def check_comparable(runs: list[EvaluatedRun]) -> None:

@@ -18,16 +18,16 @@ log = logging.getLogger(__name__)
 
 def check_config(cfg: DictConfig) -> None:
     """The runs to compare exist and are comparable, and the settings are known, before any
-    folder is made."""
+    folder is made (the CLI's check, before Hydra makes the run folder)."""
     require_choice(cfg.compare.latex_interval, INTERVALS, "compare.latex_interval")
     check_comparable([read_run(path) for path in find_results(list(cfg.runs))])
 
 
 def run_compare(cfg: DictConfig) -> StageResult:
     """Read every evaluation under `runs`, compare them, write the tables, figures and report, and
-    log one W&B table (`compare/summary`)."""
-    check_config(cfg)
-    run_dir = open_run(cfg, unused=("data", "model", "callbacks", "trainer", "cuda"))
+    log one W&B table (`compare/summary`). The runs are read once, and refused (settings, missing
+    or incomparable runs) before this stage writes anything."""
+    require_choice(cfg.compare.latex_interval, INTERVALS, "compare.latex_interval")
     boot = cfg.evaluation.bootstrap
     comparison = compare_runs(
         list(cfg.runs),
@@ -37,6 +37,7 @@ def run_compare(cfg: DictConfig) -> StageResult:
         confidence=boot.confidence,
         seed=cfg.seed,
     )
+    run_dir = open_run(cfg, unused=("data", "model", "callbacks", "trainer", "cuda"))
     paths = write_comparison(comparison, run_dir, cfg.compare.latex_interval, to_yaml(cfg))
     log_table(cfg, comparison)
     log.info("comparison:\n%s", paths["compare.md"].read_text())
