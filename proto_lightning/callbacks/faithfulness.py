@@ -64,7 +64,7 @@ def module_explainer(
         return PostHocExplainer(module)
     if isinstance(module, BlackBoxClassifier):
         models = Models(blackbox=module.net, posthocs={}, protopnet=None, paths={})
-        return EXPLAINERS[blackbox_method](models, settings, seed, normalisation)
+        return EXPLAINERS[blackbox_method](models, settings, seed, normalisation)[blackbox_method]
     raise TypeError(f"no explainer for a {type(module).__name__}")
 
 

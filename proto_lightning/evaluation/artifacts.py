@@ -75,13 +75,27 @@ def require_projected_rows(models: Models, push_rows: np.ndarray) -> None:
 
 
 def posthoc_key(label: str) -> str:
-    """The `paths` key of a post-hoc artifact: `posthoc`, or `posthoc[<label>]` for one of several."""
+    """The key of a post-hoc network (in `paths`, and of its explainer): `posthoc`, or
+    `posthoc[<label>]` for one of several."""
     return f"posthoc[{label}]" if label else "posthoc"
+
+
+def key_kind(key: str) -> str:
+    """What a key names, without its label: `posthoc[k3]` -> `posthoc` (the config key, the
+    `evaluation.methods` name)."""
+    return key.split("[", 1)[0]
+
+
+def key_label(key: str) -> str:
+    """The label of a key, "" for none: `posthoc[k3]` -> `k3` (`posthoc_key`'s inverse)."""
+    return key[len(key_kind(key)) + 1 : -1] if "[" in key else ""
 
 
 def posthoc_labels(value) -> dict[str, Path]:
     """`posthoc=` as {row label: path}: a path ("" label), a mapping, or a list labelled by the
     parts of the paths that differ (`runs/k2/posthoc.pt`, `runs/k3/posthoc.pt`: k2, k3)."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
     if value is None:
         return {}
     if isinstance(value, str | Path):
@@ -105,9 +119,7 @@ def posthoc_labels(value) -> dict[str, Path]:
 def _given(cfg: DictConfig) -> dict[str, Path]:
     """The artifact paths the config names (several post-hoc PPNs under `posthoc[<label>]`)."""
     paths = {k: Path(cfg[k]) for k in MAKES if k != "posthoc" and cfg.get(k) is not None}
-    posthoc = cfg.get("posthoc")
-    container = OmegaConf.to_container(posthoc) if OmegaConf.is_config(posthoc) else posthoc
-    paths.update({posthoc_key(k): v for k, v in posthoc_labels(container).items()})
+    paths.update({posthoc_key(k): v for k, v in posthoc_labels(cfg.get("posthoc")).items()})
     return paths
 
 
@@ -133,7 +145,7 @@ def locate(cfg: DictConfig) -> dict[str, Path]:
             raise MissingArtifactError(f"from_run={run} is not a folder; run `make demo` first")
         paths = _from_run(run)
         given = _given(cfg)
-        if any(k.startswith("posthoc") for k in given):
+        if any(key_kind(k) == "posthoc" for k in given):
             paths.pop("posthoc")
         paths.update(given)
     else:
@@ -145,8 +157,8 @@ def locate(cfg: DictConfig) -> dict[str, Path]:
     for key, path in paths.items():
         if not path.is_file():
             raise MissingArtifactError(
-                f"{key}: {path} does not exist; make it with `{MAKES[key.split('[')[0]]}` "
-                f"(or pass {key.split('[')[0]}=<path>)"
+                f"{key}: {path} does not exist; make it with `{MAKES[key_kind(key)]}` "
+                f"(or pass {key_kind(key)}=<path>)"
             )
     return paths
 
@@ -162,11 +174,11 @@ def load_models(paths: dict[str, Path], num_classes: int, trust_file: bool = Fal
     )
     posthocs, protopnet = {}, None
     for key, path in paths.items():
-        if not key.startswith("posthoc"):
+        if key_kind(key) != "posthoc":
             continue
         posthoc = PostHocPrototypeNetwork.load(path, blackbox=blackbox, trust_file=trust_file)
         require_class_count("post-hoc artifact", path, posthoc.num_classes, num_classes, "evaluate")
-        posthocs[key[len("posthoc[") : -1] if "[" in key else ""] = posthoc
+        posthocs[key_label(key)] = posthoc
     if "protopnet_ckpt" in paths:
         protopnet = ProtoPNet.load_checkpoint(paths["protopnet_ckpt"], trust_file=trust_file)
         require_class_count(

@@ -18,22 +18,27 @@ from proto_lightning.explainers import (
 
 # the data's normalisation (mean, std), which LIME undoes for the `lime` package
 Normalisation = tuple[Sequence[float], Sequence[float]]
-# name -> (models, settings, seed, normalisation) -> the method's explainer, or None when its
-# network was not given
+# name -> (models, settings, seed, normalisation) -> the method's explainers by row key: none when
+# its network was not given, one per network for the post-hoc PPNs (`posthoc`, `posthoc[<label>]`)
 EXPLAINERS: dict[
-    str, Callable[[Models, Mapping[str, Any], int, Normalisation], Explainer | None]
+    str, Callable[[Models, Mapping[str, Any], int, Normalisation], dict[str, Explainer]]
 ] = {
-    "posthoc": lambda models, settings, seed, norm: None,  # one per network: `posthoc_explainers`
+    "posthoc": lambda models, settings, seed, norm: {
+        posthoc_key(label): PostHocExplainer(network, label)
+        for label, network in models.posthocs.items()
+    },
     "protopnet": lambda models, settings, seed, norm: (
-        ProtoPNetExplainer(models.protopnet) if models.protopnet is not None else None
+        {"protopnet": ProtoPNetExplainer(models.protopnet)} if models.protopnet is not None else {}
     ),
     "kmex": lambda models, settings, seed, norm: (
-        KMExExplainer(models.kmex) if models.kmex is not None else None
+        {"kmex": KMExExplainer(models.kmex)} if models.kmex is not None else {}
     ),
-    "gradcam": lambda models, settings, seed, norm: GradCAMExplainer(models.blackbox),
-    "lime": lambda models, settings, seed, norm: LimeExplainer(
-        models.blackbox, **settings["lime"], mean=norm[0], std=norm[1], seed=seed
-    ),
+    "gradcam": lambda models, settings, seed, norm: {"gradcam": GradCAMExplainer(models.blackbox)},
+    "lime": lambda models, settings, seed, norm: {
+        "lime": LimeExplainer(
+            models.blackbox, **settings["lime"], mean=norm[0], std=norm[1], seed=seed
+        )
+    },
 }
 
 
@@ -58,26 +63,10 @@ def build_explainers(
         raise ConfigKeyError(
             f"evaluation.methods names {unknown}; known methods: {sorted(EXPLAINERS)}"
         )
-    built = {}
+    built: dict[str, Explainer] = {}
     for m in methods:
-        if m == "posthoc":
-            built.update(posthoc_explainers(models))
-        else:
-            built[m] = EXPLAINERS[m](models, settings, seed, normalisation)
-    return {m: explainer for m, explainer in built.items() if explainer is not None}
-
-
-def posthoc_explainers(models: Models) -> dict[str, Explainer]:
-    """A row per post-hoc PPN: key `posthoc` (one network) or `posthoc[<label>]` (several)."""
-    return {
-        posthoc_key(label): PostHocExplainer(network, label)
-        for label, network in models.posthocs.items()
-    }
-
-
-def method_kind(key: str) -> str:
-    """The `evaluation.methods` name of an explainer's key (`posthoc[k3]` -> `posthoc`)."""
-    return key.split("[", 1)[0]
+        built.update(EXPLAINERS[m](models, settings, seed, normalisation))
+    return built
 
 
 # rows a method's named variants add (`evaluation.lime.variant=quick`: "LIME (quick)")

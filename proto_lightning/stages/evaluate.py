@@ -18,6 +18,7 @@ from proto_lightning.environment import environment_line
 from proto_lightning.errors import ConfigKeyError, ConfigValueError
 from proto_lightning.evaluation.artifacts import (
     Models,
+    key_kind,
     load_models,
     locate,
     posthoc_labels,
@@ -35,7 +36,6 @@ from proto_lightning.evaluation.methods import (
     ROW_NAMES,
     VARIANT_ROW_NAMES,
     build_explainers,
-    method_kind,
 )
 from proto_lightning.evaluation.per_image import MethodValues, RunValues, data_identity
 from proto_lightning.evaluation.report import write_report
@@ -221,7 +221,7 @@ def measure_method(
     """One method's per-image accuracy, agreement, deletion/insertion and cost, and for a prototype
     network its prototype count and part coverage (and the post-hoc PPN's head error)."""
     settings = cfg.evaluation
-    own_model = method_kind(key) in OWN_MODELS
+    own_model = key_kind(key) in OWN_MODELS
     pred = data.blackbox_pred
     if own_model:
         pred = gather_images(
@@ -247,7 +247,7 @@ def measure_method(
         C = datamodule.num_classes
         values.exact["prototypes"] = float(C * explainer.prototypes_per_class)
         values.coverage = prototype_coverage(explainer, data, datamodule, cfg, device)
-    if method_kind(key) == "posthoc":  # in float32, the precision of the table's figures
+    if key_kind(key) == "posthoc":  # in float32, the precision of the table's figures
         values.exact["head_error"] = explainer.model.relative_head_error(torch.float32)
     return values, curves, heatmaps
 
@@ -488,9 +488,8 @@ def metric_names(methods: list[str], posthoc_labels: Sequence[str] = ()) -> set[
 
 def reported_metrics(cfg: DictConfig) -> set[str]:
     """The stage's metric names with this config, known before it runs (see `objective`)."""
-    given = cfg.get("posthoc")
-    given = OmegaConf.to_container(given) if OmegaConf.is_config(given) else given
-    return metric_names(list(cfg.evaluation.methods), list(posthoc_labels(given)))
+    labels = posthoc_labels(cfg.get("posthoc"))
+    return metric_names(list(cfg.evaluation.methods), list(labels))
 
 
 def write_figures(
@@ -506,7 +505,7 @@ def write_figures(
     """Per-image explanation panels, the deletion/insertion curves and each network's prototype gallery."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [curves_figure(folder / "deletion_insertion.png", curves)]
-    posthoc = next((e for k, e in explainers.items() if method_kind(k) == "posthoc"), None)
+    posthoc = next((e for k, e in explainers.items() if key_kind(k) == "posthoc"), None)
     protopnet = explainers.get("protopnet")
     top = settings.figures.top
     shown_images = subset[: settings.figures.images]
@@ -516,7 +515,7 @@ def write_figures(
         blackbox_pred = models.blackbox(images).argmax(1).tolist()
         predicted = {  # RISE's rule: each method explains its model's predicted class
             k: explainers[k].classifier(images).argmax(1).tolist()
-            if method_kind(k) in OWN_MODELS
+            if key_kind(k) in OWN_MODELS
             else blackbox_pred
             for k in heatmaps
         }
