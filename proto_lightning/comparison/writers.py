@@ -166,9 +166,9 @@ def best_methods(comparison: Comparison, metric: str, group: Group) -> set[str]:
 
 
 def latex_cell(
-    comparison: Comparison, metric: str, method: str, group: Group, interval: str
+    comparison: Comparison, metric: str, method: str, group: Group, interval: str, best: bool
 ) -> str:
-    """A LaTeX cell: $mean \\pm sd$ or mean [low, high], bold when best."""
+    """A LaTeX cell: $mean \\pm sd$ or mean [low, high], bold when `best`."""
     row = comparison.cell(metric, method, group)
     if row is None:
         return "--"
@@ -178,7 +178,7 @@ def latex_cell(
         text += f" $\\pm$ {s.sd:.3f}"
     elif not math.isnan(s.low) and s.low != s.high:
         text += f" [{s.low:.3f}, {s.high:.3f}]"
-    return f"\\textbf{{{text}}}" if method in best_methods(comparison, metric, group) else text
+    return f"\\textbf{{{text}}}" if best else text
 
 
 def write_latex(comparison: Comparison, path: Path, interval: str = "sd") -> Path:
@@ -196,8 +196,12 @@ def write_latex(comparison: Comparison, path: Path, interval: str = "sd") -> Pat
             "Method & " + " & ".join(latex_escape(g.label) for g in groups) + " \\\\",
             "\\midrule",
         ]
+        best = {id(g): best_methods(comparison, metric, g) for g in groups}  # once per column
         for method in comparison.methods():
-            cells = [latex_cell(comparison, metric, method, g, interval) for g in groups]
+            cells = [
+                latex_cell(comparison, metric, method, g, interval, method in best[id(g)])
+                for g in groups
+            ]
             if any(c != "--" for c in cells):
                 parts.append(latex_escape(method) + " & " + " & ".join(cells) + " \\\\")
         parts += ["\\bottomrule", "\\end{tabular}", ""]
